@@ -1,0 +1,121 @@
+"""Micro-benchmark of the C++ conv codelet (ipugraph._C.conv2d_nhwc) on ResNet-34's conv shapes.
+
+For each distinct conv shape at the given batch (224x224 input) it prints the median time of
+ipugraph's kernel and of torch.nn.functional.conv2d (channels_last, same thread count), timed
+interleaved in this process, GFLOP/s (2*N*OH*OW*K*Cg*R*S) and torch/ours ratio (> 1: ours faster).
+The vertex table splits batch x output rows into about --vpt vertices per thread, as a host plan
+would.  The "weighted" line sums each shape times its number of occurrences in ResNet-34.
+
+    .venv/bin/python bench/bench_kernels.py --batch 8 --reps 5
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # not installed
+from ipugraph import _C  # noqa: E402
+
+# (name, H, W, C, K, R, S, stride, pad, occurrences in ResNet-34)
+SHAPES = [
+    ("conv1 7x7/2", 224, 224, 3, 64, 7, 7, 2, 3, 1),
+    ("l1 3x3 64", 56, 56, 64, 64, 3, 3, 1, 1, 6),
+    ("l2 3x3/2 64-128", 56, 56, 64, 128, 3, 3, 2, 1, 1),
+    ("l2 1x1/2 64-128", 56, 56, 64, 128, 1, 1, 2, 0, 1),
+    ("l2 3x3 128", 28, 28, 128, 128, 3, 3, 1, 1, 7),
+    ("l3 3x3/2 128-256", 28, 28, 128, 256, 3, 3, 2, 1, 1),
+    ("l3 1x1/2 128-256", 28, 28, 128, 256, 1, 1, 2, 0, 1),
+    ("l3 3x3 256", 14, 14, 256, 256, 3, 3, 1, 1, 11),
+    ("l4 3x3/2 256-512", 14, 14, 256, 512, 3, 3, 2, 1, 1),
+    ("l4 1x1/2 256-512", 14, 14, 256, 512, 1, 1, 2, 0, 1),
+    ("l4 3x3 512", 7, 7, 512, 512, 3, 3, 1, 1, 5),
+]
+
+
+def vertex_table(N, K, OH, OW, target):
+    """Split batch x output rows into about `target` vertices (all channels, all columns)."""
+    nb = min(N, target)
+    rows = max(1, min(OH, -(-target // nb)))
+    npts = np.linspace(0, N, nb + 1).round().astype(int)
+    hpts = np.linspace(0, OH, rows + 1).round().astype(int)
+    return np.array([[n0, n1, 0, K, h0, h1, 0, OW]
+                     for n0, n1 in zip(npts[:-1], npts[1:])
+                     for h0, h1 in zip(hpts[:-1], hpts[1:])], np.int32)
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=5, help="timed runs per kernel (median reported)")
+    ap.add_argument("--vpt", type=int, default=4, help="vertices per thread")
+    ap.add_argument("--only", default="", help="substring filter on the shape name")
+    ap.add_argument("--no-torch", action="store_true")
+    args = ap.parse_args()
+
+    threads = _C.num_threads()
+    torch.set_num_threads(threads)
+    print(f"ipugraph._C simd={_C.simd} threads={threads}  torch {torch.__version__} "
+          f"threads={torch.get_num_threads()}  batch={args.batch} reps={args.reps}")
+    hdr = f"{'layer':18s} {'GFLOP':>6s} {'ours ms':>8s} {'GFLOP/s':>8s} {'torch ms':>9s} {'GFLOP/s':>8s} {'torch/ours':>10s}"
+    print(hdr)
+    print("-" * len(hdr))
+    rng = np.random.default_rng(0)
+    tot_ours = tot_torch = tot_flop = 0.0
+    for name, H, W, C, K, R, S, st, pd, occ in SHAPES:
+        if args.only and args.only not in name:
+            continue
+        N = args.batch
+        OH = (H + 2 * pd - R) // st + 1
+        OW = (W + 2 * pd - S) // st + 1
+        x = rng.standard_normal((N, H, W, C), dtype=np.float32)
+        w = (rng.standard_normal((K, C, R, S)) / np.sqrt(C * R * S)).astype(np.float32)
+        wp = _C.pack_conv_weight(w, 1)
+        out = np.empty((N, OH, OW, K), np.float32)
+        verts = vertex_table(N, K, OH, OW, args.vpt * threads)
+        flop = 2.0 * N * OH * OW * K * C * R * S
+
+        def ours():
+            _C.conv2d_nhwc(x, wp, None, None, out, verts, K, R, S, st, st, pd, pd, 1, 1, 1, False)
+
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2)  # NCHW view of NHWC data = channels_last
+        wt = torch.from_numpy(w).contiguous(memory_format=torch.channels_last)
+
+        def theirs():
+            with torch.no_grad():
+                F.conv2d(xt, wt, stride=st, padding=pd)
+
+        ours()
+        if not args.no_torch:
+            theirs()
+        to, tt = [], []
+        for _ in range(args.reps):
+            to.append(timed(ours))
+            if not args.no_torch:
+                tt.append(timed(theirs))
+        mo = statistics.median(to)
+        mt = statistics.median(tt) if tt else float("nan")
+        tot_ours += occ * mo
+        tot_torch += occ * mt
+        tot_flop += occ * flop
+        print(f"{name:18s} {flop / 1e9:6.2f} {mo * 1e3:8.2f} {flop / mo / 1e9:8.1f} "
+              f"{mt * 1e3:9.2f} {flop / mt / 1e9:8.1f} {mt / mo:10.2f}")
+    if tot_flop:
+        print("-" * len(hdr))
+        print(f"{'weighted (x occ)':18s} {tot_flop / 1e9:6.2f} {tot_ours * 1e3:8.1f} "
+              f"{tot_flop / tot_ours / 1e9:8.1f} {tot_torch * 1e3:9.1f} "
+              f"{tot_flop / tot_torch / 1e9:8.1f} {tot_torch / tot_ours:10.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+// The extension module ipugraph._C: each op family registers its codelets.
+#include "common.h"
+
+namespace ipugraph {
+void register_conv(py::module& m);
+void register_matmul(py::module& m);
+void register_pool(py::module& m);
+void register_elementwise(py::module& m);
+}  // namespace ipugraph
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "ipugraph C++/OpenMP codelets: each function runs a table of vertices (one row per "
+            "tile's slice of an op) in parallel.";
+#if defined(IPUGRAPH_AVX512)
+  m.attr("simd") = "avx512";
+#elif defined(IPUGRAPH_AVX2)
+  m.attr("simd") = "avx2";
+#else
+  m.attr("simd") = "portable";
+#endif
+  ipugraph::register_conv(m);
+  ipugraph::register_matmul(m);
+  ipugraph::register_pool(m);
+  ipugraph::register_elementwise(m);
+  m.def("num_threads", &ipugraph::max_threads, "OpenMP threads the codelets run on.");
+}

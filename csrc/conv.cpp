@@ -1,0 +1,286 @@
+// 2-D convolution, NHWC activations, as an implicit GEMM over a packed weight layout.
+//
+// Packed weights: [G][KB = ceil(Kg/16)][R][S][Cg][16], zero padded in the last axis.  For one
+// 16-channel output block the weights of tap (r, s) and input channel c form one 64-byte row,
+// so the microkernel streams them contiguously, and for a fixed r the S*Cg rows are contiguous.
+// That matches NHWC input: with dilation 1 and groups 1 the S taps of one output pixel in input
+// row ih are S*C consecutive floats, so a whole kernel row (s, c) is ONE reduction segment of
+// length S*Cg (the 7x7 stem with C=3 gets segments of 21 instead of 3).
+//
+// Work decomposition inside a vertex (region [n0,n1) x [oh0,oh1) x [ow0,ow1) x [k0,k1)):
+//   for each chunk of output pixels (sized so its input window stays in L2)
+//     for each group of <= kMaxNB 16-channel blocks      (weights NB*R*S*Cg*64 B: L2-resident)
+//       for each tile of <= 6 consecutive pixels         (raster order; may cross rows/images)
+//         build per-pixel input pointers per segment, run the microkernel, fused epilogue
+// Taps in the padding read a shared zero buffer; pixels whose kernel row is partly in the
+// padding get that row gathered (with zeros) into per-thread scratch, so the microkernel never
+// branches.  Non-contiguous taps (dilation > 1 or groups > 1) use one segment per (r, s) with
+// direct pointers when Cg >= 16, otherwise every pixel's row is gathered.
+#include "common.h"
+
+#include <optional>
+#include <pybind11/stl.h>
+
+namespace ipugraph {
+
+namespace {
+
+struct ConvGeom {
+  int64_t N, H, W, C, K, OH, OW, R, S, sh, sw, ph, pw, dh, dw, G, Cg, Kg, KB;
+};
+
+enum class Mode { Fused, Split, Gather };
+
+py::array_t<float> pack_conv_weight(const FArr& w, int groups) {
+  const char* fn = "pack_conv_weight";
+  check_ndim(w, 4, fn, "w", "[K, Cg, R, S]");
+  const int64_t K = w.shape(0), Cg = w.shape(1), R = w.shape(2), S = w.shape(3);
+  if (groups < 1 || K % groups != 0)
+    fail(std::string(fn) + ": groups=" + std::to_string(groups) + " must be >= 1 and divide K of w " +
+         shape_str(w));
+  const int64_t G = groups, Kg = K / G, KB = (Kg + kBlock - 1) / kBlock;
+  float* dst = nullptr;
+  auto out = aligned_array(G * KB * R * S * Cg * kBlock, &dst);
+  const float* src = w.data();
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t kb = 0; kb < KB; ++kb)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s)
+          for (int64_t c = 0; c < Cg; ++c) {
+            float* row = dst + ((((g * KB + kb) * R + r) * S + s) * Cg + c) * kBlock;
+            for (int64_t l = 0; l < kBlock; ++l) {
+              const int64_t kk = kb * kBlock + l;
+              if (kk < Kg) row[l] = src[(((g * Kg + kk) * Cg + c) * R + r) * S + s];
+            }
+          }
+  return out;
+}
+
+// Per-thread buffers (allocated before the parallel region: nothing throws inside it).
+struct Scratch {
+  std::vector<const float*> wseg, xseg;
+  float* gather;  // R * kMaxPix * S * Cg floats
+};
+
+void conv_vertex(const ConvGeom& g, Mode mode, const float* x, const float* wp, const float* bias,
+                 const float* res, float* out, const int32_t* vx, const float* zeros, bool relu,
+                 Scratch& sc) {
+  const int64_t n0 = vx[0], n1 = vx[1], k0 = vx[2], k1 = vx[3];
+  const int64_t oh0 = vx[4], oh1 = vx[5], ow0 = vx[6], ow1 = vx[7];
+  const int64_t NV = n1 - n0, OHV = oh1 - oh0, OWV = ow1 - ow0;
+  const int64_t npix = NV * OHV * OWV;
+  if (npix == 0 || k1 <= k0) return;
+
+  const int64_t SC = g.S * g.Cg;               // one kernel row, (s, c)
+  const int64_t wblock = g.R * SC * kBlock;    // floats per (group, 16-channel block)
+
+  // Chunk of output pixels whose input window (rows x cols x C floats) stays around 160 KiB.
+  const int64_t win_w = std::min<int64_t>(g.W, (OWV - 1) * g.sw + (g.S - 1) * g.dw + 1);
+  const int64_t row_bytes = std::max<int64_t>(1, win_w * g.C * 4);
+  const int64_t rows_in = std::max<int64_t>(1, (160 * 1024) / row_bytes);
+  const int64_t rows_out = std::max<int64_t>(1, (rows_in - (g.R - 1) * g.dh - 1) / g.sh + 1);
+  int64_t chunk = std::max<int64_t>(kMaxPix, (rows_out * OWV + kMaxPix - 1) / kMaxPix * kMaxPix);
+
+  alignas(64) float acc[kMaxNB * kAccStride];
+  float* outp[kMaxPix];
+  const float* resp[kMaxPix];
+  int64_t pn[kMaxPix], poh[kMaxPix], pow_[kMaxPix];
+
+  for (int64_t c0 = 0; c0 < npix; c0 += chunk) {
+    const int64_t c1 = std::min(npix, c0 + chunk);
+    // Output channel blocks overlapping [k0, k1), up to kMaxNB adjacent blocks of one group per
+    // microkernel call; a block never crosses a group boundary.
+    for (int64_t k = k0; k < k1;) {
+      const int64_t gi = k / g.Kg;
+      const int64_t kb = (k - gi * g.Kg) / kBlock;
+      const int64_t kstart = gi * g.Kg + kb * kBlock;  // global channel of lane 0
+      const int lo = int(k - kstart);
+      const int hi = int(std::min<int64_t>({kBlock, g.Kg - kb * kBlock, k1 - kstart}));
+      int NB = 1, hib[kMaxNB];
+      hib[0] = hi;
+      while (NB < kMaxNB && hib[NB - 1] == kBlock && kb + NB < g.KB && kstart + NB * kBlock < k1) {
+        hib[NB] = int(std::min<int64_t>({kBlock, g.Kg - (kb + NB) * kBlock, k1 - kstart - NB * kBlock}));
+        ++NB;
+      }
+      k = kstart + (NB - 1) * kBlock + hib[NB - 1];
+      const float* wblk = wp + (gi * g.KB + kb) * wblock;
+      const float* bptr = bias ? bias + kstart : nullptr;
+      const int64_t cin = gi * g.Cg;  // first input channel of the group
+
+      // Balanced tiles: 49 pixels -> 10+10+10+10+9, not 12+12+12+12+1 (a 1-pixel tile streams
+      // the whole weight block for one pixel's worth of FMAs).
+      const int64_t ntile = (c1 - c0 + kMaxPix - 1) / kMaxPix;
+      const int64_t tbase = (c1 - c0) / ntile, trem = (c1 - c0) % ntile;
+      int64_t t0 = c0;
+      for (int64_t ti = 0; ti < ntile; ++ti) {
+        const int P = int(tbase + (ti < trem));
+        // Decode the tile's pixels (raster order over the vertex region).
+        {
+          int64_t q = t0;
+          int64_t n = q / (OHV * OWV);
+          q -= n * OHV * OWV;
+          int64_t oh = q / OWV, ow = q - oh * OWV;
+          for (int p = 0; p < P; ++p) {
+            pn[p] = n0 + n; poh[p] = oh0 + oh; pow_[p] = ow0 + ow;
+            const int64_t o = ((pn[p] * g.OH + poh[p]) * g.OW + pow_[p]) * g.K + kstart;
+            outp[p] = out + o;
+            resp[p] = res ? res + o : nullptr;
+            if (++ow == OWV) { ow = 0; if (++oh == OHV) { oh = 0; ++n; } }
+          }
+        }
+        int nseg = 0;
+        const float** xs = sc.xseg.data();
+        const float** ws = sc.wseg.data();
+        int L;
+        if (mode == Mode::Split) {
+          // One segment per (r, s), Cg contiguous floats per pixel.
+          for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s) {
+              bool any = false;
+              for (int p = 0; p < P; ++p) {
+                const int64_t ih = poh[p] * g.sh - g.ph + r * g.dh;
+                const int64_t iw = pow_[p] * g.sw - g.pw + s * g.dw;
+                const bool in = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
+                any |= in;
+                xs[nseg * P + p] = in ? x + ((pn[p] * g.H + ih) * g.W + iw) * g.C + cin : zeros;
+              }
+              if (any) ws[nseg++] = wblk + (r * g.S + s) * g.Cg * kBlock;
+            }
+          L = int(g.Cg);
+        } else {
+          // One segment per kernel row r: S*Cg floats per pixel.
+          for (int64_t r = 0; r < g.R; ++r) {
+            bool any = false;
+            for (int p = 0; p < P; ++p) {
+              const int64_t ih = poh[p] * g.sh - g.ph + r * g.dh;
+              const float* ptr = zeros;
+              if (ih >= 0 && ih < g.H) {
+                any = true;
+                const int64_t iw0 = pow_[p] * g.sw - g.pw;
+                const float* xrow = x + (pn[p] * g.H + ih) * g.W * g.C + cin;
+                if (mode == Mode::Fused && iw0 >= 0 && iw0 + (g.S - 1) * g.dw < g.W) {
+                  ptr = xrow + iw0 * g.C;
+                } else {
+                  float* dst = sc.gather + (r * kMaxPix + p) * SC;
+                  for (int64_t s = 0; s < g.S; ++s) {
+                    const int64_t iw = iw0 + s * g.dw;
+                    if (iw >= 0 && iw < g.W)
+                      std::memcpy(dst + s * g.Cg, xrow + iw * g.C, g.Cg * sizeof(float));
+                    else
+                      std::memset(dst + s * g.Cg, 0, g.Cg * sizeof(float));
+                  }
+                  ptr = dst;
+                }
+              }
+              xs[nseg * P + p] = ptr;
+            }
+            if (any) ws[nseg++] = wblk + r * SC * kBlock;
+          }
+          L = int(SC);
+        }
+        get_ukernel(P, NB)(ws, wblock, xs, nseg, L, acc);
+        const float* const* rp = res ? resp : nullptr;
+        for (int b = 0; b < NB; ++b)
+          epilogue(acc + b * kAccStride, P, outp, rp, bptr ? bptr + b * kBlock : nullptr,
+                   b * kBlock, b ? 0 : lo, hib[b], false, relu);
+        t0 += P;
+      }
+    }
+  }
+}
+
+void conv2d_nhwc(const FArr& x, const FArr& wp, std::optional<FArr> bias,
+                 std::optional<FArr> residual, py::array out, const IArr& vertices, int64_t K,
+                 int64_t R, int64_t S, int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                 int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups, bool relu) {
+  const char* fn = "conv2d_nhwc";
+  check_ndim(x, 4, fn, "x", "[N, H, W, C]");
+  float* o = out_ptr(out, fn);
+  check_ndim(out, 4, fn, "out", "[N, OH, OW, K]");
+  if (K < 1 || R < 1 || S < 1 || stride_h < 1 || stride_w < 1 || dil_h < 1 || dil_w < 1 ||
+      pad_h < 0 || pad_w < 0 || groups < 1)
+    fail(std::string(fn) + ": need K, R, S, strides, dilations, groups >= 1 and pads >= 0, got K=" +
+         std::to_string(K) + " R=" + std::to_string(R) + " S=" + std::to_string(S) +
+         " stride=(" + std::to_string(stride_h) + "," + std::to_string(stride_w) + ") pad=(" +
+         std::to_string(pad_h) + "," + std::to_string(pad_w) + ") dil=(" + std::to_string(dil_h) +
+         "," + std::to_string(dil_w) + ") groups=" + std::to_string(groups));
+  ConvGeom g{};
+  g.N = x.shape(0); g.H = x.shape(1); g.W = x.shape(2); g.C = x.shape(3); g.K = K;
+  g.R = R; g.S = S; g.sh = stride_h; g.sw = stride_w; g.ph = pad_h; g.pw = pad_w;
+  g.dh = dil_h; g.dw = dil_w; g.G = groups;
+  if (g.C % groups != 0 || K % groups != 0)
+    fail(std::string(fn) + ": groups=" + std::to_string(groups) + " must divide C of x " +
+         shape_str(x) + " and K=" + std::to_string(K));
+  g.Cg = g.C / groups; g.Kg = K / groups; g.KB = (g.Kg + kBlock - 1) / kBlock;
+  const int64_t eh = g.H + 2 * g.ph - g.dh * (g.R - 1) - 1, ew = g.W + 2 * g.pw - g.dw * (g.S - 1) - 1;
+  if (eh < 0 || ew < 0)
+    fail(std::string(fn) + ": kernel " + std::to_string(R) + "x" + std::to_string(S) +
+         " (dilated) is larger than the padded input of x " + shape_str(x));
+  g.OH = eh / g.sh + 1; g.OW = ew / g.sw + 1;
+  if (out.shape(0) != g.N || out.shape(1) != g.OH || out.shape(2) != g.OW || out.shape(3) != K)
+    fail(std::string(fn) + ": out has shape " + shape_str(out) + ", expected (" +
+         std::to_string(g.N) + ", " + std::to_string(g.OH) + ", " + std::to_string(g.OW) + ", " +
+         std::to_string(K) + ") for x " + shape_str(x));
+  const int64_t wsize = g.G * g.KB * g.R * g.S * g.Cg * kBlock;
+  if (wp.ndim() != 1 || wp.shape(0) != wsize)
+    fail(std::string(fn) + ": packed weight wp has shape " + shape_str(wp) + ", expected (" +
+         std::to_string(wsize) + ",) for K=" + std::to_string(K) + " Cg=" + std::to_string(g.Cg) +
+         " R=" + std::to_string(R) + " S=" + std::to_string(S) + " groups=" + std::to_string(groups) +
+         " (use pack_conv_weight)");
+  if (bias && (bias->ndim() != 1 || bias->shape(0) != K))
+    fail(std::string(fn) + ": bias has shape " + shape_str(*bias) + ", expected (" +
+         std::to_string(K) + ",)");
+  if (residual && (residual->ndim() != 4 || residual->shape(0) != g.N ||
+                   residual->shape(1) != g.OH || residual->shape(2) != g.OW ||
+                   residual->shape(3) != K))
+    fail(std::string(fn) + ": residual has shape " + shape_str(*residual) + ", expected out's " +
+         shape_str(out));
+  const py::ssize_t V = check_vertices(vertices, 8, fn);
+  check_range_cols(vertices, 0, g.N, fn, "batch (n0, n1)");
+  check_range_cols(vertices, 2, K, fn, "channel (k0, k1)");
+  check_range_cols(vertices, 4, g.OH, fn, "row (oh0, oh1)");
+  check_range_cols(vertices, 6, g.OW, fn, "column (ow0, ow1)");
+
+  const bool contiguous_row = (g.S == 1) || (g.dw == 1 && g.Cg == g.C);
+  const Mode mode = contiguous_row ? Mode::Fused : (g.Cg >= 16 ? Mode::Split : Mode::Gather);
+
+  const int nt = max_threads();
+  const int64_t SC = g.S * g.Cg;
+  std::vector<float> zeros(std::max<int64_t>(SC, 1) + kBlock, 0.f);
+  const int64_t gather_per = (mode == Mode::Split) ? 0 : g.R * kMaxPix * SC;
+  std::vector<float> gather(std::max<int64_t>(1, gather_per * nt));
+  std::vector<Scratch> scratch(nt);
+  for (int t = 0; t < nt; ++t) {
+    scratch[t].wseg.resize(g.R * g.S);
+    scratch[t].xseg.resize(g.R * g.S * kMaxPix);
+    scratch[t].gather = gather.data() + gather_per * t;
+  }
+  const float* xp = x.data();
+  const float* wpp = wp.data();
+  const float* bp = bias ? bias->data() : nullptr;
+  const float* rp = residual ? residual->data() : nullptr;
+  const int32_t* vt = vertices.data();
+  {
+    py::gil_scoped_release nogil;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (py::ssize_t v = 0; v < V; ++v)
+      conv_vertex(g, mode, xp, wpp, bp, rp, o, vt + 8 * v, zeros.data(), relu,
+                  scratch[thread_id()]);
+  }
+}
+
+}  // namespace
+
+void register_conv(py::module& m) {
+  m.def("pack_conv_weight", &pack_conv_weight, py::arg("w"), py::arg("groups") = 1,
+        "Pack float32 w[K, Cg, R, S] into the blocked layout [G][ceil(Kg/16)][R][S][Cg][16] "
+        "(1-D, zero padded) that conv2d_nhwc consumes.");
+  m.def("conv2d_nhwc", &conv2d_nhwc, py::arg("x"), py::arg("wp"), py::arg("bias"),
+        py::arg("residual"), py::arg("out"), py::arg("vertices"), py::arg("K"), py::arg("R"),
+        py::arg("S"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
+        py::arg("dil_h"), py::arg("dil_w"), py::arg("groups"), py::arg("relu"),
+        "out[n,oh,ow,k] = act(bias[k] + conv(x, w)[n,oh,ow,k] + residual[n,oh,ow,k]) for every "
+        "vertex row (n0,n1,k0,k1,oh0,oh1,ow0,ow1); NHWC, packed weights from pack_conv_weight.");
+}
+
+}  // namespace ipugraph

@@ -1,0 +1,45 @@
+"""The reference backend: every op's NumPy reference, node by node (fused groups unfused).
+
+It computes in float64 by default (precision=) and returns each output in its declared dtype,
+which makes it the oracle the other backends are tested against. It follows the Program's
+order but not its vertex tables: partitions are checked by the planner tests instead.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import DTYPES
+from .registry import backend
+
+
+class ReferenceExecutable:
+    def __init__(self, program, precision: str = "float64"):
+        self.program = program
+        self.precision = np.dtype(precision)
+
+    def _cast(self, a):
+        a = np.asarray(a)
+        return a.astype(self.precision) if a.dtype.kind == "f" else a
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        graph = self.program.graph
+        env = {name: self._cast(a) for name, a in feeds.items()}
+        for t in graph.variables.values():
+            env[t.name] = self._cast(t.value)
+        for t in graph.tensors.values():
+            if t.kind == "constant":
+                env[t.name] = self._cast(t.value)
+        for cs in self.program.compute_sets:
+            for node in cs.group.nodes:
+                args = [env[t.name] for t in node.inputs]
+                result = node.op.reference(*args, **node.attrs)
+                results = result if isinstance(result, tuple) else (result,)
+                for t, value in zip(node.outputs, results):
+                    env[t.name] = value
+        return {name: np.asarray(env[t.name]).astype(DTYPES[t.dtype])
+                for name, t in graph.outputs.items()}
+
+
+@backend("reference")
+def make_reference(program, **options) -> ReferenceExecutable:
+    return ReferenceExecutable(program, **options)

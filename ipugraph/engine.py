@@ -1,0 +1,77 @@
+"""compile() and Engine: plan (if not given a plan), lower, hand the Program to a backend."""
+from __future__ import annotations
+
+import numpy as np
+
+from .graph import DTYPES, Graph, GraphError
+from .lower import Program, lower
+from .planner import Plan, plan as make_plan
+
+
+class FeedError(GraphError):
+    """A run's feeds do not match the graph's inputs."""
+
+
+class Engine:
+    def __init__(self, graph: Graph, plan: Plan, program: Program, backend: str, executable):
+        self.graph = graph
+        self.plan = plan
+        self.program = program
+        self.backend = backend
+        self._exe = executable
+
+    def check_feeds(self, feeds) -> dict[str, np.ndarray]:
+        if not isinstance(feeds, dict):
+            raise FeedError(f"Engine.run takes a dict of input name -> array, got "
+                            f"{type(feeds).__name__}")
+        expected = self.graph.inputs
+        missing = sorted(set(expected) - set(feeds))
+        unknown = sorted(set(feeds) - set(expected))
+        if missing or unknown:
+            parts = []
+            if missing:
+                parts.append("missing " + ", ".join(f"'{n}' {expected[n].shape} "
+                                                    f"{expected[n].dtype}" for n in missing))
+            if unknown:
+                parts.append("unknown " + ", ".join(f"'{n}'" for n in unknown))
+            raise FeedError(f"graph '{self.graph.name}': feeds do not match its inputs: "
+                            f"{'; '.join(parts)} (inputs are {sorted(expected)})")
+        checked = {}
+        for name, t in expected.items():
+            a = feeds[name]
+            if hasattr(a, "detach") and hasattr(a, "numpy"):      # a torch tensor
+                a = a.detach().cpu().numpy()
+            a = np.asarray(a)
+            if tuple(a.shape) != t.shape:
+                raise FeedError(f"feed '{name}' has shape {tuple(a.shape)}, the graph input is "
+                                f"{t.shape}")
+            if a.dtype != DTYPES[t.dtype]:
+                raise FeedError(f"feed '{name}' has dtype {a.dtype}, the graph input is "
+                                f"{t.dtype} (convert with .astype(np.{t.dtype}))")
+            checked[name] = a
+        return checked
+
+    def run(self, feeds: dict) -> dict[str, np.ndarray]:
+        """Run once; returns {output name: array} (fresh arrays, safe to keep)."""
+        return self._exe.run(self.check_feeds(feeds))
+
+    __call__ = run
+
+    def __repr__(self) -> str:
+        return (f"Engine(graph='{self.graph.name}', backend='{self.backend}', "
+                f"target={self.plan.target.name}, steps={len(self.plan.steps)})")
+
+
+def compile(graph: Graph, backend: str = "cpu", plan: Plan | None = None, target=None,
+            fuse: bool = True, **options) -> Engine:
+    """Plan `graph` (unless given a plan), lower it and build an executable on `backend`."""
+    from .backends import get_backend
+    if not graph.outputs:
+        raise GraphError(f"graph '{graph.name}' has no outputs: mark one with g.output(name, t)")
+    if plan is None:
+        plan = make_plan(graph, target, fuse=fuse)
+    elif plan.graph is not graph:
+        raise GraphError("compile: the plan was made for another graph")
+    program = lower(plan)
+    factory = get_backend(backend)
+    return Engine(graph, plan, program, backend, factory(program, **options))

@@ -1,0 +1,80 @@
+"""matmul [M,K]·[K,N] and linear (torch.nn.functional.linear: x·Wᵀ + b, W is [N,K])."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import Tensor
+from .registry import Cost, Dim, Space, defop, expect_float, expect_rank, fail
+
+
+def _matmul_infer(node, inputs, attrs):
+    a, b = inputs
+    expect_rank("matmul", node, "a", a, (2,))
+    expect_rank("matmul", node, "b", b, (2,))
+    dtype = expect_float("matmul", node, a=a, b=b)
+    if a.shape[1] != b.shape[0]:
+        raise fail("matmul", node, f"inner dimensions differ: a has {a.shape[1]} columns, "
+                   f"b has {b.shape[0]} rows", a=a, b=b)
+    return [((a.shape[0], b.shape[1]), dtype)]
+
+
+def _linear_infer(node, inputs, attrs):
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    expect_rank("linear", node, "x", x, (2,))
+    expect_rank("linear", node, "weight", w, (2,))
+    tensors = {"x": x, "weight": w} | ({"bias": bias} if bias is not None else {})
+    dtype = expect_float("linear", node, **tensors)
+    if x.shape[1] != w.shape[1]:
+        raise fail("linear", node, f"x has {x.shape[1]} features but weight [out, in] expects "
+                   f"{w.shape[1]}", x=x, weight=w)
+    if bias is not None and bias.shape != (w.shape[0],):
+        raise fail("linear", node, f"bias must have shape ({w.shape[0]},)", weight=w, bias=bias)
+    return [((x.shape[0], w.shape[0]), dtype)]
+
+
+def _gemm_dims(node):
+    """(M, K, N) of the op seen as out[M,N] = a[M,K]·b[K,N]."""
+    a = node.inputs[0]
+    m, n = node.output.shape
+    return m, a.shape[1], n
+
+
+def _gemm_cost(node) -> Cost:
+    m, k, n = _gemm_dims(node)
+    extra = m * n if len(node.inputs) > 2 else 0
+    return Cost(m * n * k, 2 * m * n * k + extra, sum(t.nbytes for t in node.inputs),
+                node.output.nbytes)
+
+
+def _gemm_space(node, target) -> Space:
+    """PopLibs plans a matmul as a 1-D conv (in-channels K, out-channels N); here the split is
+    over rows of the output (the batch/field) and its columns (the out-channels)."""
+    m, k, n = _gemm_dims(node)
+    item = node.output.itemsize
+
+    def slice_cost(sizes):
+        sm, sn = sizes[..., 0], sizes[..., 1]
+        return sm * sn * k, sm * k * item, sn * (k + 1) * item, sm * sn * item
+    return Space((Dim("m", m), Dim("n", n, target.channel_grain)), slice_cost)
+
+
+@defop("matmul", infer=_matmul_infer, cost=_gemm_cost, space=_gemm_space)
+def matmul_op(a, b):
+    return a @ b
+
+
+@defop("linear", infer=_linear_infer, cost=_gemm_cost, space=_gemm_space)
+def linear_op(x, w, bias=None):
+    y = x @ w.T
+    return y if bias is None else y + bias
+
+
+def matmul(a: Tensor, b: Tensor, name: str | None = None) -> Tensor:
+    return matmul_op(a, b, name=name)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
+           name: str | None = None) -> Tensor:
+    inputs = (x, weight) if bias is None else (x, weight, bias)
+    return linear_op(*inputs, name=name)

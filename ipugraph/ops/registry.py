@@ -1,0 +1,149 @@
+"""The op registry: every op is defined once, here-by-decorator, in its family's module.
+
+An OpDef holds
+  infer      the shape rule: (node name, input tensors, attrs) -> [(shape, dtype), ...];
+             raises GraphError naming the op, the tensors and their shapes
+  reference  the NumPy semantics, the oracle every backend is tested against
+  cost       (node) -> Cost: MACs, FLOPs, bytes read and written
+  space      (node) -> Space: the dimensions the planner may split over tiles and the
+             per-slice cost (MACs, bytes a tile must hold) as vectorised functions
+  grad       the gradient rule (built from registered ops), filled in by the training work
+
+Backends register lowerings against the op's name (backends/registry.py), so adding an op
+touches its own module and one function per backend, never a shared if/elif chain.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..graph import GraphError, Tensor
+
+OPS: dict[str, "OpDef"] = {}
+
+
+@dataclass(frozen=True)
+class Cost:
+    macs: int = 0            # multiply-accumulates
+    flops: int = 0           # all floating-point operations (2 per MAC plus the rest)
+    bytes_in: int = 0        # activations and weights read
+    bytes_out: int = 0       # results written
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One splittable dimension of an op's iteration space. A split's slices are whole
+    multiples of grain elements (the codelet's vector width), except the last."""
+    name: str
+    extent: int
+    grain: int = 1
+
+
+@dataclass
+class Space:
+    """What the planner partitions. `dims` are in vertex-table column order: a vertex row is
+    (lo0, hi0, lo1, hi1, ...). `slice_cost(sizes)` takes an int64 array [..., len(dims)] of slice
+    extents and returns (work, in_bytes, weight_bytes, out_bytes) arrays: what one vertex with
+    that slice computes (in MAC-equivalent operations) and must hold on its tile."""
+    dims: tuple[Dim, ...]
+    slice_cost: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclass
+class OpDef:
+    name: str
+    infer: Callable
+    reference: Callable
+    cost: Callable
+    space: Callable
+    attrs: dict = field(default_factory=dict)    # attribute defaults
+    grad: Callable | None = None
+    elementwise: bool = False                     # output[i] depends on inputs[i] only
+
+    def __call__(self, *inputs: Tensor, name: str | None = None, **attrs):
+        """Append this op to the inputs' graph; returns its (first) output tensor."""
+        if not inputs or not isinstance(inputs[0], Tensor):
+            raise GraphError(f"{self.name}: the first argument must be an ipugraph Tensor, got "
+                             f"{type(inputs[0]).__name__ if inputs else 'nothing'}")
+        unknown = set(attrs) - set(self.attrs)
+        if unknown:
+            raise GraphError(f"{self.name}: unknown attribute(s) {sorted(unknown)}; "
+                             f"it takes {sorted(self.attrs)}")
+        full = {**self.attrs, **attrs}
+        outs = inputs[0].graph.add_node(self, tuple(inputs), full, name=name)
+        return outs[0] if len(outs) == 1 else outs
+
+
+def defop(name: str, *, infer, cost, space, attrs: dict | None = None, grad=None,
+          elementwise: bool = False):
+    """Register the decorated NumPy function as the reference semantics of op `name`."""
+    def register(reference: Callable) -> OpDef:
+        if name in OPS:
+            raise RuntimeError(f"op '{name}' is defined twice")
+        op = OpDef(name, infer, reference, cost, space, dict(attrs or {}), grad, elementwise)
+        OPS[name] = op
+        return op
+    return register
+
+
+def get(name: str) -> OpDef:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise KeyError(f"no op named '{name}'; registered: {sorted(OPS)}") from None
+
+
+# -- helpers shared by the shape rules ------------------------------------------------------
+
+def fail(op: str, node: str, message: str, **tensors: Tensor) -> GraphError:
+    """A GraphError naming the op, the node and every tensor involved with its shape."""
+    described = ", ".join(f"{role} '{t.name}' {t.shape} {t.dtype}" for role, t in tensors.items())
+    return GraphError(f"{op} '{node}': {message}" + (f" [{described}]" if described else ""))
+
+
+def expect_rank(op: str, node: str, role: str, t: Tensor, ranks: Sequence[int]) -> None:
+    if t.ndim not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise fail(op, node, f"{role} must have rank {want}, got rank {t.ndim}", **{role: t})
+
+
+def expect_float(op: str, node: str, **tensors: Tensor) -> str:
+    """All tensors share one floating dtype; returns it."""
+    dtypes = {t.dtype for t in tensors.values()}
+    if len(dtypes) != 1:
+        raise fail(op, node, f"inputs must share one dtype, got {sorted(dtypes)}", **tensors)
+    dtype = dtypes.pop()
+    if not dtype.startswith("float"):
+        raise fail(op, node, f"needs floating-point inputs, got {dtype}", **tensors)
+    return dtype
+
+
+def pair(value, what: str, op: str, node: str) -> tuple[int, int]:
+    """An int or a pair of ints, as torch accepts for stride/padding/dilation/kernel."""
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    try:
+        a, b = value
+        return int(a), int(b)
+    except (TypeError, ValueError):
+        raise GraphError(f"{op} '{node}': {what} must be an int or a pair of ints, "
+                         f"got {value!r}") from None
+
+
+def elementwise_space(node, target) -> Space:
+    """Elementwise work is split over the output's flat element range (PopLibs maps it by the
+    output tensor's tile mapping; a flat range is that mapping's simplest form)."""
+    out = node.output
+    nin = len(node.inputs)
+
+    def slice_cost(sizes):
+        n = sizes[..., 0]
+        b = n * out.itemsize
+        return n, nin * b, np.zeros_like(n), b
+    return Space((Dim("i", out.size, target.vector_grain),), slice_cost)
+
+
+def nbytes_of(*tensors: Tensor) -> int:
+    return sum(t.nbytes for t in tensors)

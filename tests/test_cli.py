@@ -1,0 +1,118 @@
+"""The `ipugraph` command line: info, plan and a tiny bench, in process through cli.main(argv)
+(one subprocess checks `python -m ipugraph`)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ipugraph as ig
+from ipugraph.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["resnet18", "--batch", "1", "--image-size", "32", "--warmup", "1", "--iters", "1"]
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"ipugraph {ig.__version__}" in out
+    assert "C++ extension ipugraph._C: built" in out          # the cpu backend needs it
+    assert "host target: host:" in out and "ipu-mk2 target:" in out
+    assert "conv2d" in out and "batch_norm" in out
+    assert "reference available" in out and "cpu available" in out
+
+
+def test_python_dash_m_runs_the_same_cli():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "ipugraph", "info"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"ipugraph {ig.__version__}" in done.stdout
+
+
+def test_plan_prints_summary_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "plan.json"
+    assert main(["plan", "resnet18", "--target", "ipu-mk2", "--batch", "2",
+                 "--image-size", "64x48", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "resnet18: batch 2, 64x48, 11,689,512 parameters" in out
+    assert "plan of 'resnet18' on ipu-mk2: 1472 tiles" in out and "layer4.1.conv2" in out
+    data = json.loads(path.read_text())
+    assert data["target"]["name"] == "ipu-mk2" and data["target"]["tiles"] == 1472
+    assert {s["name"] for s in data["steps"]} >= {"conv1", "layer1.0.conv1", "fc"}
+    assert data["estimated_cycles"] > 0
+
+
+def _check_bench_json(path, backend, compare):
+    data = json.loads(path.read_text())
+    assert data["model"] == "resnet18" and data["batch"] == 1 and data["image_size"] == "32x32"
+    assert data["backend"] == backend and data["iters"] == 1 and data["outputs_agree"]
+    assert data["command"].startswith("ipugraph bench resnet18")
+    assert data["macs_per_run"] == ig.models.resnet18(batch=1, image_size=32).macs()
+    for key in ("cpu_model", "cores", "loadavg_start"):
+        assert key in data["machine"]
+    assert data["versions"]["numpy"] and data["versions"]["python"]
+    ours = data["results"]["ipugraph"]
+    assert len(ours["times_ms"]) == 1 and ours["median_ms"] == ours["times_ms"][0] > 0
+    assert ours["img_per_s"] == pytest.approx(1e3 / ours["median_ms"])
+    assert ours["gflop_per_s"] == pytest.approx(2 * data["macs_per_run"] / ours["median_ms"] / 1e6)
+    if compare:
+        peer = data["results"][data["torch_peer"]]
+        assert data["torch_peer"] in ("torch NCHW", "torch channels_last")
+        assert data["ratio_ipugraph_over_torch"] == pytest.approx(
+            ours["img_per_s"] / peer["img_per_s"])
+        assert max(data["max_rel_error"].values()) < 1e-4
+    return data
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_bench_against_torch(backend, tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", *TINY, "--backend", backend, "--compare", "torch",
+                 "--json", str(path)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("runtime"))
+    assert lines[header].split() == ["runtime", "img/s", "median", "ms", "GFLOP/s", "vs",
+                                     "torch"]
+    assert lines[header + 2].startswith(f"ipugraph {backend}")
+    assert lines[header + 3].startswith("torch ")
+    assert "ipugraph/torch throughput:" in captured.out
+    assert "[ipugraph] warm-up 1/1" in captured.err and "[ipugraph] run 1/1" in captured.err
+    _check_bench_json(path, backend, compare=True)
+
+
+def test_bench_without_torch_and_threads(tmp_path, capsys, monkeypatch):
+    # --threads sets OMP_NUM_THREADS in this process; monkeypatch restores it afterwards
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    path = tmp_path / "sub" / "bench.json"
+    assert main(["bench", *TINY, "--backend", "reference", "--compare", "none",
+                 "--threads", "1", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 threads" in out and "ipugraph reference" in out
+    assert not any(line.startswith("torch") for line in out.splitlines())
+    data = _check_bench_json(path, "reference", compare=False)
+    assert data["threads"] == 1 and data["torch_peer"] is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "resnet99"], "invalid choice: 'resnet99'"),
+    (["bench", "resnet18", "--backend", "gpu"], "invalid choice: 'gpu'"),
+    (["plan", "resnet18", "--target", "ipu-mk9"], "invalid choice: 'ipu-mk9'"),
+    (["bench", "resnet18", "--iters", "0"], "must be >= 1"),
+    (["plan", "resnet18", "--image-size", "2x2x2"], "image size must be N or HxW"),
+    (["dump", "resnet18"], "invalid choice: 'dump'"),
+])
+def test_bad_arguments_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_image_too_small_is_a_clear_error(capsys):
+    assert main(["plan", "resnet34", "--image-size", "16"]) == 2
+    assert "resnet34: image_size 16x16 is too small" in capsys.readouterr().err

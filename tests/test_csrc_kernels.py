@@ -1,0 +1,452 @@
+"""The C++/OpenMP codelets (ipugraph._C) against NumPy float64 references.
+
+Tolerance: results are float32 with float32 accumulation, so every comparison uses
+rtol = 1e-4 and atol = 1e-5 * sqrt(reduction length) * magnitude, where the reduction length is
+Cg*R*S for a conv (K for a matmul, the window size for pooling) and magnitude is the RMS of the
+float64 reference (at least 1).  Inputs are N(0, 1) and weights N(0, 1/fan_in), so outputs are O(1).
+"""
+import math
+
+import numpy as np
+import pytest
+
+from ipugraph import _C  # no skip: the extension must build and import
+
+RTOL = 1e-4
+
+
+def _atol(ref, red):
+    mag = max(1.0, float(np.sqrt(np.mean(np.square(ref))))) if ref.size else 1.0
+    return 1e-5 * math.sqrt(max(1, red)) * mag
+
+
+def assert_close(got, ref, red):
+    np.testing.assert_allclose(got, ref, rtol=RTOL, atol=_atol(ref, red))
+
+
+# --------------------------------------------------------------------------- references
+def conv_ref(x, w, bias, res, stride, pad, dil, groups, relu):
+    N, H, W, C = x.shape
+    K, Cg, R, S = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dil
+    OH = (H + 2 * ph - dh * (R - 1) - 1) // sh + 1
+    OW = (W + 2 * pw - dw * (S - 1) - 1) // sw + 1
+    xp = np.pad(x.astype(np.float64), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    w64 = w.astype(np.float64)
+    out = np.zeros((N, OH, OW, K))
+    Kg = K // groups
+    for g in range(groups):
+        for r in range(R):
+            for s in range(S):
+                patch = xp[:, r * dh: r * dh + sh * (OH - 1) + 1: sh,
+                           s * dw: s * dw + sw * (OW - 1) + 1: sw, g * Cg:(g + 1) * Cg]
+                out[..., g * Kg:(g + 1) * Kg] += patch @ w64[g * Kg:(g + 1) * Kg, :, r, s].T
+    if bias is not None:
+        out += bias
+    if res is not None:
+        out += res
+    return np.maximum(out, 0) if relu else out
+
+
+def out_hw(H, W, R, S, stride, pad, dil):
+    return ((H + 2 * pad[0] - dil[0] * (R - 1) - 1) // stride[0] + 1,
+            (W + 2 * pad[1] - dil[1] * (S - 1) - 1) // stride[1] + 1)
+
+
+def split(n, parts):
+    """Uneven split points of range(n) into at most `parts` pieces (first piece smallest)."""
+    if n == 0:
+        return [0, 0]
+    pts = sorted({0, n} | {int(round(n * (i / parts) ** 1.3)) for i in range(1, parts)})
+    return pts
+
+
+def grid_vertices(*axes):
+    """Cartesian product of per-axis split-point lists -> int32 [V, 2*len(axes)]."""
+    rows = [[]]
+    for pts in axes:
+        rows = [r + [a, b] for r in rows for a, b in zip(pts[:-1], pts[1:])]
+    return np.array(rows, dtype=np.int32).reshape(len(rows), 2 * len(axes))
+
+
+def run_conv(x, w, bias, res, stride, pad, dil, groups, relu, vertices, out=None):
+    N, H, W, C = x.shape
+    K, Cg, R, S = w.shape
+    OH, OW = out_hw(H, W, R, S, stride, pad, dil)
+    wp = _C.pack_conv_weight(w, groups)
+    if out is None:
+        out = np.full((N, OH, OW, K), np.nan, np.float32)
+    _C.conv2d_nhwc(x, wp, bias, res, out, vertices, K, R, S, stride[0], stride[1], pad[0], pad[1],
+                   dil[0], dil[1], groups, relu)
+    return out
+
+
+def make_conv(rng, N, H, W, C, K, R, S, groups=1):
+    x = rng.standard_normal((N, H, W, C), dtype=np.float32)
+    fan = C // groups * R * S
+    w = (rng.standard_normal((K, C // groups, R, S)) / math.sqrt(fan)).astype(np.float32)
+    return x, w
+
+
+# --------------------------------------------------------------------------- conv
+# (N, H, W, C, K, R, S, stride, pad, dil, groups)
+RESNET34 = [
+    (1, 224, 224, 3, 64, 7, 7, 2, 3, 1, 1),     # stem
+    (1, 56, 56, 64, 64, 3, 3, 1, 1, 1, 1),      # layer1
+    (2, 56, 56, 64, 128, 3, 3, 2, 1, 1, 1),     # layer2 first conv
+    (2, 56, 56, 64, 128, 1, 1, 2, 0, 1, 1),     # layer2 downsample
+    (2, 28, 28, 128, 128, 3, 3, 1, 1, 1, 1),
+    (2, 28, 28, 128, 256, 3, 3, 2, 1, 1, 1),
+    (2, 28, 28, 128, 256, 1, 1, 2, 0, 1, 1),
+    (2, 14, 14, 256, 256, 3, 3, 1, 1, 1, 1),
+    (2, 14, 14, 256, 512, 3, 3, 2, 1, 1, 1),
+    (2, 14, 14, 256, 512, 1, 1, 2, 0, 1, 1),
+    (2, 7, 7, 512, 512, 3, 3, 1, 1, 1, 1),
+]
+
+ODD = [
+    (1, 13, 11, 17, 33, 3, 3, 2, 1, 1, 1),      # odd everything, stride 2
+    (2, 13, 11, 16, 24, 3, 3, 1, 2, 2, 1),      # dilation 2
+    (1, 12, 10, 3, 5, 3, 3, 1, 2, 2, 1),        # dilation 2, tiny C: gathered rows
+    (2, 9, 10, 32, 48, 3, 3, 1, 1, 1, 2),       # groups 2, Cg 16: one segment per tap
+    (1, 9, 7, 16, 20, 3, 3, 2, 1, 1, 2),        # groups 2, Cg 8: gathered rows
+    (2, 11, 9, 24, 24, 3, 3, 1, 1, 1, 24),      # depthwise
+    (1, 10, 10, 24, 48, 3, 3, 2, 1, 1, 24),     # depthwise, multiplier 2
+    (1, 8, 9, 3, 3, 3, 3, 1, 1, 1, 1),          # K = C = 3
+    (1, 9, 9, 33, 17, 1, 1, 1, 0, 1, 1),        # 1x1
+    (1, 9, 9, 5, 7, 1, 1, 1, 1, 1, 1),          # 1x1 with padding (border pixels all zero)
+    (1, 9, 9, 8, 16, 7, 7, 1, 3, 1, 1),         # padding 3, 7x7 on a small input
+    (1, 5, 5, 6, 19, 5, 5, 1, 0, 1, 1),         # output 1x1
+    (1, 14, 15, 10, 21, 3, 5, (3, 2), (1, 2), 1, 1),  # asymmetric kernel/stride/pad
+    (1, 16, 16, 40, 16, 3, 3, 1, 1, (2, 1), 2), # grouped + dilation in h only
+]
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+@pytest.mark.parametrize("case", RESNET34 + ODD, ids=lambda c: "x".join(map(str, c)))
+def test_conv_matches_reference(case):
+    N, H, W, C, K, R, S, st, pd, dl, groups = case
+    stride, pad, dil = _pair(st), _pair(pd), _pair(dl)
+    rng = np.random.default_rng(hash(case) % 2**32)
+    x, w = make_conv(rng, N, H, W, C, K, R, S, groups)
+    OH, OW = out_hw(H, W, R, S, stride, pad, dil)
+    bias = rng.standard_normal(K, dtype=np.float32)
+    res = rng.standard_normal((N, OH, OW, K), dtype=np.float32)
+    # rotate bias/residual/relu through the cases; the dedicated test below covers all 8
+    idx = (RESNET34 + ODD).index(case)
+    use_b, use_r, relu = idx % 2 == 0, idx % 3 == 0, idx % 4 < 2
+    b = bias if use_b else None
+    r = res if use_r else None
+    verts = grid_vertices(split(N, 2), split(K, 3), split(OH, 3), split(OW, 2))
+    got = run_conv(x, w, b, r, stride, pad, dil, groups, relu, verts)
+    ref = conv_ref(x, w, b, r, stride, pad, dil, groups, relu)
+    assert_close(got, ref, C // groups * R * S)
+
+
+@pytest.mark.parametrize("use_b", [False, True])
+@pytest.mark.parametrize("use_r", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv_epilogue_combinations(use_b, use_r, relu):
+    rng = np.random.default_rng(7)
+    N, H, W, C, K = 2, 9, 8, 19, 37
+    x, w = make_conv(rng, N, H, W, C, K, 3, 3)
+    b = rng.standard_normal(K, dtype=np.float32) if use_b else None
+    r = rng.standard_normal((N, 9, 8, K), dtype=np.float32) if use_r else None
+    verts = grid_vertices([0, N], [0, 5, 16, 21, 37], [0, 9], [0, 8])
+    got = run_conv(x, w, b, r, (1, 1), (1, 1), (1, 1), 1, relu, verts)
+    assert_close(got, conv_ref(x, w, b, r, (1, 1), (1, 1), (1, 1), 1, relu), C * 9)
+
+
+def test_conv_vertex_writes_exactly_its_slice():
+    rng = np.random.default_rng(3)
+    N, H, W, C, K = 3, 11, 13, 20, 45
+    x, w = make_conv(rng, N, H, W, C, K, 3, 3)
+    b = rng.standard_normal(K, dtype=np.float32)
+    ref = conv_ref(x, w, b, None, (1, 1), (1, 1), (1, 1), 1, True)
+    # k split at non-multiples of 16, uneven row/col splits
+    verts = grid_vertices([0, 1, 3], [0, 7, 30, 45], [0, 4, 5, 11], [0, 6, 13])
+    wp = _C.pack_conv_weight(w, 1)
+    out = np.full((N, H, W, K), np.nan, np.float32)
+    for v in verts[[0, 5, 13, len(verts) - 1]]:
+        before = out.copy()
+        _C.conv2d_nhwc(x, wp, b, None, out, v[None, :], K, 3, 3, 1, 1, 1, 1, 1, 1, 1, True)
+        n0, n1, k0, k1, h0, h1, w0, w1 = v
+        mask = np.zeros(out.shape, bool)
+        mask[n0:n1, h0:h1, w0:w1, k0:k1] = True
+        assert_close(out[mask], ref[mask], C * 9)
+        np.testing.assert_array_equal(out[~mask], before[~mask])  # NaN == NaN here
+    out[:] = np.nan
+    _C.conv2d_nhwc(x, wp, b, None, out, verts, K, 3, 3, 1, 1, 1, 1, 1, 1, 1, True)
+    assert_close(out, ref, C * 9)
+    # an empty table and empty ranges write nothing
+    out2 = np.full_like(out, np.nan)
+    _C.conv2d_nhwc(x, wp, b, None, out2, np.zeros((0, 8), np.int32), K, 3, 3, 1, 1, 1, 1, 1, 1, 1, True)
+    _C.conv2d_nhwc(x, wp, b, None, out2, np.array([[1, 1, 0, K, 0, H, 0, W]], np.int32),
+                   K, 3, 3, 1, 1, 1, 1, 1, 1, 1, True)
+    assert np.isnan(out2).all()
+
+
+def test_conv_residual_in_place():
+    # residual may be `out` itself (each element is read before it is written)
+    rng = np.random.default_rng(5)
+    x, w = make_conv(rng, 1, 6, 7, 16, 32, 3, 3)
+    res = rng.standard_normal((1, 6, 7, 32), dtype=np.float32)
+    ref = conv_ref(x, w, None, res, (1, 1), (1, 1), (1, 1), 1, True)
+    out = res.copy()
+    run_conv(x, w, None, out, (1, 1), (1, 1), (1, 1), 1, True, grid_vertices([0, 1], [0, 32], [0, 6], [0, 7]), out=out)
+    assert_close(out, ref, 16 * 9)
+
+
+def test_pack_conv_weight_layout():
+    rng = np.random.default_rng(0)
+    K, Cg, R, S, G = 40, 3, 2, 3, 2
+    w = rng.standard_normal((K, Cg, R, S), dtype=np.float32)
+    wp = _C.pack_conv_weight(w, G)
+    Kg, KB = K // G, -(-(K // G) // 16)
+    assert wp.dtype == np.float32 and wp.ndim == 1 and wp.size == G * KB * R * S * Cg * 16
+    p = wp.reshape(G, KB, R, S, Cg, 16)
+    for g in range(G):
+        for kk in range(KB * 16):
+            if kk < Kg:
+                np.testing.assert_array_equal(p[g, kk // 16, :, :, :, kk % 16],
+                                              w[g * Kg + kk].transpose(1, 2, 0))
+            else:
+                assert not p[g, kk // 16, :, :, :, kk % 16].any()
+
+
+# --------------------------------------------------------------------------- matmul
+@pytest.mark.parametrize("M,K,N,transposed,use_b,relu", [
+    (1, 1, 1, False, False, False),
+    (7, 13, 5, False, True, True),
+    (8, 512, 1000, True, True, False),       # ResNet-34 fc
+    (33, 300, 17, True, False, True),
+    (13, 4100, 20, False, True, True),       # reduction split in 2048-wide slices
+    (6, 0, 3, False, True, False),           # empty reduction: out = bias
+])
+def test_matmul(M, K, N, transposed, use_b, relu):
+    rng = np.random.default_rng(M * 1000 + K + N)
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = (rng.standard_normal((K, N)) / math.sqrt(max(K, 1))).astype(np.float32)
+    bias = rng.standard_normal(N, dtype=np.float32) if use_b else None
+    bp = _C.pack_matmul_weight(np.ascontiguousarray(b.T) if transposed else b, transposed)
+    out = np.full((M, N), np.nan, np.float32)
+    verts = grid_vertices(split(M, 3), split(N, 3))
+    _C.matmul(a, bp, N, bias, out, verts, relu)
+    ref = a.astype(np.float64) @ b
+    if use_b:
+        ref = ref + bias
+    if relu:
+        ref = np.maximum(ref, 0)
+    assert_close(out, ref, K)
+
+
+def test_matmul_vertex_slice():
+    rng = np.random.default_rng(11)
+    M, K, N = 10, 20, 50
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    bp = _C.pack_matmul_weight(b, False)
+    out = np.full((M, N), np.nan, np.float32)
+    _C.matmul(a, bp, N, None, out, np.array([[3, 8, 5, 37]], np.int32), False)
+    mask = np.zeros((M, N), bool)
+    mask[3:8, 5:37] = True
+    assert np.isnan(out[~mask]).all()
+    assert_close(out[mask], (a.astype(np.float64) @ b)[mask], K)
+
+
+# --------------------------------------------------------------------------- pooling
+def pool_ref(x, k, s, p, d, kind, count_include_pad=True):
+    N, H, W, C = x.shape
+    OH = (H + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    OW = (W + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    fill = -np.inf if kind == "max" else 0.0
+    xp = np.pad(x.astype(np.float64), ((0, 0), (p[0], p[0]), (p[1], p[1]), (0, 0)),
+                constant_values=fill)
+    valid = np.pad(np.ones((H, W)), ((p[0], p[0]), (p[1], p[1])))
+    taps, cnt = [], np.zeros((OH, OW))
+    for r in range(k[0]):
+        for q in range(k[1]):
+            sl = (slice(r * d[0], r * d[0] + s[0] * (OH - 1) + 1, s[0]),
+                  slice(q * d[1], q * d[1] + s[1] * (OW - 1) + 1, s[1]))
+            taps.append(xp[:, sl[0], sl[1], :])
+            cnt += valid[sl]
+    t = np.stack(taps)
+    if kind == "max":
+        return t.max(0)
+    div = k[0] * k[1] if count_include_pad else cnt[None, :, :, None]
+    return t.sum(0) / div
+
+
+@pytest.mark.parametrize("shape,k,s,p,d", [
+    ((2, 112, 112, 64), (3, 3), (2, 2), (1, 1), (1, 1)),  # ResNet max pool
+    ((1, 13, 11, 17), (3, 2), (2, 1), (1, 1), (1, 1)),
+    ((2, 9, 10, 5), (3, 3), (1, 2), (1, 0), (2, 2)),
+    ((1, 8, 8, 70), (2, 2), (2, 2), (0, 0), (1, 1)),
+])
+def test_max_pool(shape, k, s, p, d):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    ref = pool_ref(x, k, s, p, d, "max")
+    out = np.full(ref.shape, np.nan, np.float32)
+    verts = grid_vertices(split(shape[0], 2), split(shape[3], 3), split(ref.shape[1], 3))
+    _C.max_pool2d_nhwc(x, out, verts, *k, *s, *p, *d)
+    np.testing.assert_array_equal(out, ref.astype(np.float32))
+
+
+def test_max_pool_propagates_nan():
+    x = np.zeros((1, 4, 4, 3), np.float32)
+    x[0, 1, 1, 1] = np.nan
+    out = np.zeros((1, 2, 2, 3), np.float32)
+    _C.max_pool2d_nhwc(x, out, np.array([[0, 1, 0, 3, 0, 2]], np.int32), 2, 2, 2, 2, 0, 0, 1, 1)
+    assert np.isnan(out[0, 0, 0, 1]) and np.isfinite(np.delete(out.ravel(), 1)).all()
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("shape,k,s,p", [
+    ((2, 13, 11, 17), (3, 3), (2, 2), (1, 1)),
+    ((1, 8, 9, 70), (2, 3), (2, 1), (1, 1)),
+    ((1, 7, 7, 8), (7, 7), (1, 1), (0, 0)),
+])
+def test_avg_pool(shape, k, s, p, count_include_pad):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    ref = pool_ref(x, k, s, p, (1, 1), "avg", count_include_pad)
+    out = np.full(ref.shape, np.nan, np.float32)
+    verts = grid_vertices(split(shape[0], 2), split(shape[3], 2), split(ref.shape[1], 3))
+    _C.avg_pool2d_nhwc(x, out, verts, *k, *s, *p, count_include_pad)
+    assert_close(out, ref, k[0] * k[1])
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 7, 512), (1, 3, 5, 17), (3, 1, 1, 70)])
+def test_global_avg_pool(shape):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    out = np.full((shape[0], shape[3]), np.nan, np.float32)
+    _C.global_avg_pool_nhwc(x, out, grid_vertices(split(shape[0], 2), split(shape[3], 3)))
+    assert_close(out, x.astype(np.float64).mean((1, 2)), shape[1] * shape[2])
+
+
+# --------------------------------------------------------------------------- elementwise
+def flat_vertices(n, parts=5):
+    pts = split(n, parts)
+    return np.array(list(zip(pts[:-1], pts[1:])), np.int32)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_add(relu):
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((2, 5, 7, 19), dtype=np.float32)
+    b = rng.standard_normal((2, 5, 7, 19), dtype=np.float32)
+    ref = a.astype(np.float64) + b
+    if relu:
+        ref = np.maximum(ref, 0)
+    out = np.full_like(a, np.nan)
+    _C.add(a, b, out, flat_vertices(a.size), relu)
+    assert_close(out, ref, 1)
+    _C.add(a, b, a, flat_vertices(a.size), relu)  # in place
+    assert_close(a, ref, 1)
+
+
+def test_relu_and_partial_range():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(1001, dtype=np.float32)
+    x[5] = np.nan
+    out = np.full_like(x, 7.0)
+    _C.relu(x, out, np.array([[0, 400], [400, 999]], np.int32))
+    np.testing.assert_array_equal(out[:999], np.maximum(x[:999], 0))  # nan propagates
+    assert (out[999:] == 7.0).all()
+    _C.relu(x, x, np.array([[0, 1001]], np.int32))
+    assert (x[~np.isnan(x)] >= 0).all()
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_channel_affine(relu):
+    rng = np.random.default_rng(9)
+    C = 37
+    x = rng.standard_normal((2, 3, 5, C), dtype=np.float32)
+    scale = rng.standard_normal(C, dtype=np.float32)
+    shift = rng.standard_normal(C, dtype=np.float32)
+    ref = x.astype(np.float64) * scale + shift
+    if relu:
+        ref = np.maximum(ref, 0)
+    out = np.full_like(x, np.nan)
+    _C.channel_affine(x, scale, shift, out, C, flat_vertices(x.size, 7), relu)  # ranges cut rows
+    assert_close(out, ref, 1)
+    _C.channel_affine(x, scale, shift, x, C, flat_vertices(x.size, 3), relu)  # in place
+    assert_close(x, ref, 1)
+
+
+def test_softmax_rows():
+    rng = np.random.default_rng(10)
+    x = (rng.standard_normal((9, 1000)) * 30).astype(np.float32)
+    x[2, 3] = 1e4  # stability: no overflow
+    e = np.exp(x.astype(np.float64) - x.max(1, keepdims=True))
+    ref = e / e.sum(1, keepdims=True)
+    out = np.full_like(x, np.nan)
+    _C.softmax_rows(x, out, np.array([[0, 4], [4, 5], [5, 9]], np.int32))
+    assert_close(out, ref, 1)
+
+
+# --------------------------------------------------------------------------- bad inputs
+def test_bad_inputs_raise_value_error():
+    x = np.zeros((1, 8, 8, 4), np.float32)
+    w = np.zeros((8, 4, 3, 3), np.float32)
+    wp = _C.pack_conv_weight(w, 1)
+    out = np.zeros((1, 8, 8, 8), np.float32)
+    v = np.array([[0, 1, 0, 8, 0, 8, 0, 8]], np.int32)
+    args = (8, 3, 3, 1, 1, 1, 1, 1, 1, 1, False)
+    _C.conv2d_nhwc(x, wp, None, None, out, v, *args)  # the valid call works
+    with pytest.raises(ValueError, match="conv2d_nhwc: x must be 4-D"):
+        _C.conv2d_nhwc(x[0], wp, None, None, out, v, *args)
+    with pytest.raises(ValueError, match="out has shape"):
+        _C.conv2d_nhwc(x, wp, None, None, out[:, :7].copy(), v, *args)
+    with pytest.raises(ValueError, match="packed weight"):
+        _C.conv2d_nhwc(x, wp[:-16], None, None, out, v, *args)
+    with pytest.raises(ValueError, match="bias"):
+        _C.conv2d_nhwc(x, wp, np.zeros(7, np.float32), None, out, v, *args)
+    with pytest.raises(ValueError, match="residual"):
+        _C.conv2d_nhwc(x, wp, None, np.zeros((1, 8, 8, 7), np.float32), out, v, *args)
+    with pytest.raises(ValueError, match="channel"):
+        _C.conv2d_nhwc(x, wp, None, None, out, np.array([[0, 1, 0, 9, 0, 8, 0, 8]], np.int32), *args)
+    with pytest.raises(ValueError, match="row"):
+        _C.conv2d_nhwc(x, wp, None, None, out, np.array([[0, 1, 0, 8, 5, 4, 0, 8]], np.int32), *args)
+    with pytest.raises(ValueError, match="vertices"):
+        _C.conv2d_nhwc(x, wp, None, None, out, v[:, :6], *args)
+    with pytest.raises(ValueError, match="groups"):
+        _C.conv2d_nhwc(x, wp, None, None, out, v, 8, 3, 3, 1, 1, 1, 1, 1, 1, 3, False)
+    with pytest.raises(ValueError, match="float32"):
+        _C.conv2d_nhwc(x, wp, None, None, out.astype(np.float64), v, *args)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _C.conv2d_nhwc(x, wp, None, None, np.zeros((1, 8, 8, 16), np.float32)[..., ::2], v, *args)
+    with pytest.raises(ValueError, match="groups"):
+        _C.pack_conv_weight(w, 3)
+
+    a = np.zeros((4, 5), np.float32)
+    bp = _C.pack_matmul_weight(np.zeros((5, 3), np.float32), False)
+    with pytest.raises(ValueError, match="matmul: packed weight"):
+        _C.matmul(a, bp, 20, None, np.zeros((4, 20), np.float32), np.array([[0, 4, 0, 20]], np.int32), False)
+    with pytest.raises(ValueError, match="column"):
+        _C.matmul(a, bp, 3, None, np.zeros((4, 3), np.float32), np.array([[0, 4, 0, 4]], np.int32), False)
+    with pytest.raises(ValueError, match="a must be 2-D"):
+        _C.matmul(a[0], bp, 3, None, np.zeros((4, 3), np.float32), np.array([[0, 4, 0, 3]], np.int32), False)
+
+    with pytest.raises(ValueError, match="max_pool2d_nhwc: out has shape"):
+        _C.max_pool2d_nhwc(x, np.zeros((1, 5, 4, 4), np.float32), np.array([[0, 1, 0, 4, 0, 4]], np.int32),
+                           3, 3, 2, 2, 1, 1, 1, 1)
+    with pytest.raises(ValueError, match="batch"):
+        _C.avg_pool2d_nhwc(x, np.zeros((1, 4, 4, 4), np.float32), np.array([[0, 2, 0, 4, 0, 4]], np.int32),
+                           3, 3, 2, 2, 1, 1, True)
+    with pytest.raises(ValueError, match="global_avg_pool_nhwc"):
+        _C.global_avg_pool_nhwc(x, np.zeros((1, 5), np.float32), np.array([[0, 1, 0, 4]], np.int32))
+    with pytest.raises(ValueError, match="add: b"):
+        _C.add(x, x[..., :3], np.zeros_like(x), np.array([[0, x.size]], np.int32), False)
+    with pytest.raises(ValueError, match="element"):
+        _C.relu(x, np.zeros_like(x), np.array([[0, x.size + 1]], np.int32))
+    with pytest.raises(ValueError, match="channel_affine"):
+        _C.channel_affine(x, np.ones(3, np.float32), np.ones(4, np.float32), np.zeros_like(x), 4,
+                          np.array([[0, x.size]], np.int32), False)
+    with pytest.raises(ValueError, match="softmax_rows"):
+        _C.softmax_rows(x, np.zeros_like(x), np.array([[0, 1]], np.int32))
