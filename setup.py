@@ -1,6 +1,6 @@
 """Builds the C++/OpenMP codelets in csrc/ as the extension module ipugraph._C.
 
--march=native is the default so the kernels use the host's vector ISA (AVX2+FMA here);
+-march=native is the default so the kernels use the host's vector ISA (AVX-512 or AVX2+FMA);
 IPUGRAPH_PORTABLE=1 builds for baseline x86-64 instead (for wheels that travel).
 """
 import glob
@@ -17,6 +17,7 @@ ext = Pybind11Extension(
     "ipugraph._C",
     sorted(glob.glob("csrc/*.cpp")),
     include_dirs=["csrc"],
+    define_macros=[("IPUGRAPH_BUILD_FLAGS", '"' + " ".join(flags) + '"')],
     extra_compile_args=flags,
     extra_link_args=["-fopenmp"],
     cxx_std=17,

@@ -18,6 +18,11 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("simd") = "portable";
 #endif
+#ifdef IPUGRAPH_BUILD_FLAGS
+  m.attr("build_flags") = IPUGRAPH_BUILD_FLAGS;
+#else
+  m.attr("build_flags") = "";
+#endif
   ipugraph::register_conv(m);
   ipugraph::register_matmul(m);
   ipugraph::register_pool(m);

@@ -23,11 +23,10 @@ import time
 
 import numpy as np
 
-from .backends import _MODULES as _BACKEND_MODULES
+from .backends import NAMES as BACKEND_NAMES
 from .models import MODELS
 
 TARGET_NAMES = ("host", "ipu-mk1", "ipu-mk2")
-BACKEND_NAMES = tuple(sorted(_BACKEND_MODULES))
 MODEL_NAMES = tuple(MODELS)
 # Above this max|a-b|/max|b| the two runtimes are not computing the same function, and their
 # timings are not comparable (fp32 runtimes agree to ~1e-6 on ResNets).

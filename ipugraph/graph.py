@@ -100,7 +100,8 @@ class Tensor:
         if tuple(array.shape) != self.shape:
             raise GraphError(f"value for '{self.name}' has shape {tuple(array.shape)}, "
                              f"the tensor is {self.shape}")
-        self._value = np.ascontiguousarray(array, dtype=DTYPES[self.dtype])
+        # A private copy: later edits to the caller's array must not reach the graph unseen.
+        self._value = np.array(array, dtype=DTYPES[self.dtype], order="C", copy=True)
         self.graph._values_version += 1
 
     # -- sugar -------------------------------------------------------------------------

@@ -129,3 +129,15 @@ def test_unknown_backend_and_target():
         ig.compile(g, backend="tpu")
     with pytest.raises(ValueError, match="unknown target 'ipu-mk9'"):
         ig.Target.from_name("ipu-mk9")
+
+
+def test_variable_value_is_a_private_copy():
+    """Editing the caller's array after assignment must not change the graph behind its back."""
+    g = ig.Graph(name="copy")
+    src = np.ones((2, 3), np.float32)
+    w = g.variable("w", (2, 3), value=src)
+    src[:] = 7
+    assert (w.value == 1).all()
+    w.value = src
+    src[:] = 9
+    assert (w.value == 7).all()

@@ -42,6 +42,19 @@ def test_outputs_are_fresh_arrays():
     assert (a == 1).all()                         # the first result was not overwritten
 
 
+def test_2d_outputs_are_fresh_arrays():
+    """A 2-D output's storage layout equals its logical one: it must still be copied out."""
+    g = ig.Graph(name="fc")
+    x = g.input("x", (3, 5))
+    w = g.variable("w", (5, 4), value=np.eye(5, 4, dtype=np.float32))
+    g.output("y", ig.ops.relu(ig.ops.matmul(x, w)))
+    for backend in ("reference", "cpu"):
+        eng = ig.compile(g, backend=backend)
+        a = eng.run({"x": np.ones((3, 5), np.float32)})["y"]
+        eng.run({"x": 2 * np.ones((3, 5), np.float32)})
+        assert (a == 1).all(), backend
+
+
 def test_bsp_steps_on_ipu():
     program = ig.lower(ig.plan(_chain(3), ig.Target.ipu_mk2()))
     kinds = [type(s) for s in program.bsp]

@@ -4,6 +4,16 @@ import importlib
 from .registry import BACKENDS, LOWERINGS, backend, lowering, lowering_for
 
 _MODULES = {"reference": ".reference", "cpu": ".cpu", "triton": ".triton"}
+NAMES = tuple(sorted(_MODULES))
+
+
+def available(name: str) -> bool:
+    """Whether backend `name` can run here (its module and runtime import)."""
+    try:
+        get_backend(name)
+    except (ValueError, RuntimeError):
+        return False
+    return True
 
 
 def get_backend(name: str):
@@ -18,4 +28,4 @@ def get_backend(name: str):
     return BACKENDS[name]
 
 
-__all__ = ["BACKENDS", "LOWERINGS", "backend", "lowering", "lowering_for", "get_backend"]
+__all__ = ["NAMES", "available", "BACKENDS", "LOWERINGS", "backend", "lowering", "lowering_for", "get_backend"]

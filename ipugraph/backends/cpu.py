@@ -133,7 +133,8 @@ class CpuExecutable:
             if k.dynamic and k.prepare is not None:
                 k.prepare()
             k.run()
-        return {name: np.ascontiguousarray(to_logical(t, self.storage(t)))
+        # Copies: the buffers are reused by the next run, the caller's arrays must not be.
+        return {name: np.array(to_logical(t, self.storage(t)), order="C", copy=True)
                 for name, t in graph.outputs.items()}
 
 
