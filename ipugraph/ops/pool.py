@@ -107,25 +107,26 @@ def global_avg_pool_op(x):
     return x.mean(axis=(2, 3), keepdims=True)
 
 
+def _window(op: str, name, kernel, stride, padding) -> dict:
+    """kernel/stride/padding as checked pairs; stride defaults to the kernel size (torch)."""
+    node = name or op
+    kernel = pair(kernel, "kernel", op, node)
+    stride = kernel if stride is None else pair(stride, "stride", op, node)
+    return dict(kernel=kernel, stride=stride, padding=pair(padding, "padding", op, node))
+
+
 def max_pool2d(x: Tensor, kernel, stride=None, padding=0, dilation=1,
                name: str | None = None) -> Tensor:
     """torch.nn.functional.max_pool2d; stride defaults to the kernel size."""
-    node = name or "max_pool2d"
-    kernel = pair(kernel, "kernel", "max_pool2d", node)
-    stride = kernel if stride is None else pair(stride, "stride", "max_pool2d", node)
-    return max_pool2d_op(x, kernel=kernel, stride=stride,
-                         padding=pair(padding, "padding", "max_pool2d", node),
-                         dilation=pair(dilation, "dilation", "max_pool2d", node), name=name)
+    return max_pool2d_op(x, **_window("max_pool2d", name, kernel, stride, padding),
+                         dilation=pair(dilation, "dilation", "max_pool2d", name or "max_pool2d"),
+                         name=name)
 
 
 def avg_pool2d(x: Tensor, kernel, stride=None, padding=0, count_include_pad: bool = True,
                name: str | None = None) -> Tensor:
     """torch.nn.functional.avg_pool2d; stride defaults to the kernel size."""
-    node = name or "avg_pool2d"
-    kernel = pair(kernel, "kernel", "avg_pool2d", node)
-    stride = kernel if stride is None else pair(stride, "stride", "avg_pool2d", node)
-    return avg_pool2d_op(x, kernel=kernel, stride=stride,
-                         padding=pair(padding, "padding", "avg_pool2d", node),
+    return avg_pool2d_op(x, **_window("avg_pool2d", name, kernel, stride, padding),
                          count_include_pad=bool(count_include_pad), name=name)
 
 
