@@ -108,6 +108,23 @@ inline void check_range_cols(const IArr& v, int c0, py::ssize_t n, const char* f
   }
 }
 
+// Checks 0 <= v[i, col] < n for every vertex row (an index into an axis of extent n, e.g. the
+// slab of a partials buffer; `of` names that array in the message).
+inline void check_index_col(const IArr& v, int col, py::ssize_t n, const char* fn, const char* what,
+                            const std::string& of) {
+  const int32_t* p = v.data();
+  const py::ssize_t V = v.shape(0), nc = v.shape(1);
+  for (py::ssize_t i = 0; i < V; ++i) {
+    const int64_t idx = p[i * nc + col];
+    if (idx < 0 || idx >= n) {
+      std::ostringstream s;
+      s << fn << ": vertex " << i << " has " << what << " " << idx << " outside [0, " << n
+        << ") of " << of;
+      fail(s.str());
+    }
+  }
+}
+
 // 64-byte aligned float buffer owned by a numpy array (packed weights): full-line weight rows.
 inline py::array_t<float> aligned_array(py::ssize_t n, float** data) {
   const size_t bytes = std::max<size_t>(64, ((size_t(n) * sizeof(float) + 63) / 64) * 64);

@@ -16,6 +16,14 @@
 // padding get that row gathered (with zeros) into per-thread scratch, so the microkernel never
 // branches.  Non-contiguous taps (dilation > 1 or groups > 1) use one segment per (r, s) with
 // direct pointers when Cg >= 16, otherwise every pixel's row is gathered.
+//
+// Partial sums (conv2d_nhwc_partial): a vertex may also own only input channels [c0, c1) of
+// its group and kernel rows [r0, r1).  It stores its partial sum (no epilogue) into one slab
+// of a partials buffer [P, N, OH, OW, K]; reduce_partials (elementwise.cpp) then sums the
+// slabs and applies bias / residual / ReLU.  Restricting the kernel rows keeps the segment
+// layout (a segment is one row or one tap); a proper sub-range of the channels does not
+// (S*(c1-c0) floats of a kernel row are no longer contiguous), so it uses one segment per
+// tap of length c1-c0, as the Split mode does.
 #include "common.h"
 
 #include <optional>
@@ -62,14 +70,25 @@ struct Scratch {
   float* gather;  // R * kMaxPix * S * Cg floats
 };
 
+// Reduction range of a vertex: input channels [c0, c1) within the group, kernel rows [r0, r1).
+struct RedRange {
+  int64_t c0, c1, r0, r1;
+};
+
+// One vertex: out[n, oh, ow, k] = act(bias + sum over red's channels and rows + residual) for
+// the box vx = (n0, n1, k0, k1, oh0, oh1, ow0, ow1) of `out` (an [N, OH, OW, K] array).
 void conv_vertex(const ConvGeom& g, Mode mode, const float* x, const float* wp, const float* bias,
-                 const float* res, float* out, const int32_t* vx, const float* zeros, bool relu,
-                 Scratch& sc) {
+                 const float* res, float* out, const int32_t* vx, const RedRange& red,
+                 const float* zeros, bool relu, Scratch& sc) {
   const int64_t n0 = vx[0], n1 = vx[1], k0 = vx[2], k1 = vx[3];
   const int64_t oh0 = vx[4], oh1 = vx[5], ow0 = vx[6], ow1 = vx[7];
   const int64_t NV = n1 - n0, OHV = oh1 - oh0, OWV = ow1 - ow0;
   const int64_t npix = NV * OHV * OWV;
   if (npix == 0 || k1 <= k0) return;
+  const int64_t ca = red.c0, ra = red.r0, rb = red.r1;
+  const int64_t CL = red.c1 - red.c0;          // reduction channels per tap
+  // A proper sub-range of the group's channels: one segment per tap (see the header).
+  if (CL != g.Cg) mode = Mode::Split;
 
   const int64_t SC = g.S * g.Cg;               // one kernel row, (s, c)
   const int64_t wblock = g.R * SC * kBlock;    // floats per (group, 16-channel block)
@@ -78,7 +97,8 @@ void conv_vertex(const ConvGeom& g, Mode mode, const float* x, const float* wp, 
   const int64_t win_w = std::min<int64_t>(g.W, (OWV - 1) * g.sw + (g.S - 1) * g.dw + 1);
   const int64_t row_bytes = std::max<int64_t>(1, win_w * g.C * 4);
   const int64_t rows_in = std::max<int64_t>(1, (160 * 1024) / row_bytes);
-  const int64_t rows_out = std::max<int64_t>(1, (rows_in - (g.R - 1) * g.dh - 1) / g.sh + 1);
+  const int64_t RV = std::max<int64_t>(1, rb - ra);  // kernel rows this vertex reads
+  const int64_t rows_out = std::max<int64_t>(1, (rows_in - (RV - 1) * g.dh - 1) / g.sh + 1);
   int64_t chunk = std::max<int64_t>(kMaxPix, (rows_out * OWV + kMaxPix - 1) / kMaxPix * kMaxPix);
 
   alignas(64) float acc[kMaxNB * kAccStride];
@@ -133,8 +153,8 @@ void conv_vertex(const ConvGeom& g, Mode mode, const float* x, const float* wp, 
         const float** ws = sc.wseg.data();
         int L;
         if (mode == Mode::Split) {
-          // One segment per (r, s), Cg contiguous floats per pixel.
-          for (int64_t r = 0; r < g.R; ++r)
+          // One segment per (r, s), channels [ca, ca + CL) of the group: contiguous per pixel.
+          for (int64_t r = ra; r < rb; ++r)
             for (int64_t s = 0; s < g.S; ++s) {
               bool any = false;
               for (int p = 0; p < P; ++p) {
@@ -142,14 +162,15 @@ void conv_vertex(const ConvGeom& g, Mode mode, const float* x, const float* wp, 
                 const int64_t iw = pow_[p] * g.sw - g.pw + s * g.dw;
                 const bool in = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
                 any |= in;
-                xs[nseg * P + p] = in ? x + ((pn[p] * g.H + ih) * g.W + iw) * g.C + cin : zeros;
+                xs[nseg * P + p] =
+                    in ? x + ((pn[p] * g.H + ih) * g.W + iw) * g.C + cin + ca : zeros;
               }
-              if (any) ws[nseg++] = wblk + (r * g.S + s) * g.Cg * kBlock;
+              if (any) ws[nseg++] = wblk + ((r * g.S + s) * g.Cg + ca) * kBlock;
             }
-          L = int(g.Cg);
+          L = int(CL);
         } else {
           // One segment per kernel row r: S*Cg floats per pixel.
-          for (int64_t r = 0; r < g.R; ++r) {
+          for (int64_t r = ra; r < rb; ++r) {
             bool any = false;
             for (int p = 0; p < P; ++p) {
               const int64_t ih = poh[p] * g.sh - g.ph + r * g.dh;
@@ -189,14 +210,12 @@ void conv_vertex(const ConvGeom& g, Mode mode, const float* x, const float* wp, 
   }
 }
 
-void conv2d_nhwc(const FArr& x, const FArr& wp, std::optional<FArr> bias,
-                 std::optional<FArr> residual, py::array out, const IArr& vertices, int64_t K,
-                 int64_t R, int64_t S, int64_t stride_h, int64_t stride_w, int64_t pad_h,
-                 int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups, bool relu) {
-  const char* fn = "conv2d_nhwc";
+// Geometry of a conv call from x, the packed weight and the scalar arguments; every check that
+// conv2d_nhwc and conv2d_nhwc_partial share (messages name the entry point `fn`).
+ConvGeom conv_geom(const char* fn, const FArr& x, const FArr& wp, int64_t K, int64_t R, int64_t S,
+                   int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dil_h,
+                   int64_t dil_w, int64_t groups) {
   check_ndim(x, 4, fn, "x", "[N, H, W, C]");
-  float* o = out_ptr(out, fn);
-  check_ndim(out, 4, fn, "out", "[N, OH, OW, K]");
   if (K < 1 || R < 1 || S < 1 || stride_h < 1 || stride_w < 1 || dil_h < 1 || dil_w < 1 ||
       pad_h < 0 || pad_w < 0 || groups < 1)
     fail(std::string(fn) + ": need K, R, S, strides, dilations, groups >= 1 and pads >= 0, got K=" +
@@ -217,16 +236,74 @@ void conv2d_nhwc(const FArr& x, const FArr& wp, std::optional<FArr> bias,
     fail(std::string(fn) + ": kernel " + std::to_string(R) + "x" + std::to_string(S) +
          " (dilated) is larger than the padded input of x " + shape_str(x));
   g.OH = eh / g.sh + 1; g.OW = ew / g.sw + 1;
-  if (out.shape(0) != g.N || out.shape(1) != g.OH || out.shape(2) != g.OW || out.shape(3) != K)
-    fail(std::string(fn) + ": out has shape " + shape_str(out) + ", expected (" +
-         std::to_string(g.N) + ", " + std::to_string(g.OH) + ", " + std::to_string(g.OW) + ", " +
-         std::to_string(K) + ") for x " + shape_str(x));
   const int64_t wsize = g.G * g.KB * g.R * g.S * g.Cg * kBlock;
   if (wp.ndim() != 1 || wp.shape(0) != wsize)
     fail(std::string(fn) + ": packed weight wp has shape " + shape_str(wp) + ", expected (" +
          std::to_string(wsize) + ",) for K=" + std::to_string(K) + " Cg=" + std::to_string(g.Cg) +
          " R=" + std::to_string(R) + " S=" + std::to_string(S) + " groups=" + std::to_string(groups) +
          " (use pack_conv_weight)");
+  return g;
+}
+
+// out (or one slab of partials) must be [N, OH, OW, K]; `what` names the array in the message.
+void check_out_shape(const char* fn, const py::array& a, const char* what, py::ssize_t first,
+                     const ConvGeom& g, const FArr& x) {
+  const int nd = int(first) + 4;
+  bool ok = a.ndim() == nd;
+  for (int d = 0; ok && d < 4; ++d) {
+    const int64_t want[4] = {g.N, g.OH, g.OW, g.K};
+    ok = a.shape(first + d) == want[d];
+  }
+  if (!ok)
+    fail(std::string(fn) + ": " + what + " has shape " + shape_str(a) + ", expected (" +
+         (first ? "P, " : "") + std::to_string(g.N) + ", " + std::to_string(g.OH) + ", " +
+         std::to_string(g.OW) + ", " + std::to_string(g.K) + ") for x " + shape_str(x));
+}
+
+// The segment layout of a full (all channels, all rows) vertex; see the header.
+Mode conv_mode(const ConvGeom& g) {
+  const bool contiguous_row = (g.S == 1) || (g.dw == 1 && g.Cg == g.C);
+  return contiguous_row ? Mode::Fused : (g.Cg >= 16 ? Mode::Split : Mode::Gather);
+}
+
+// Per-thread scratch and the shared zero buffer for a call (allocated with the GIL held).
+struct ConvBuffers {
+  std::vector<float> zeros, gather;
+  std::vector<Scratch> scratch;
+  ConvBuffers(const ConvGeom& g, bool any_gather) {
+    const int nt = max_threads();
+    const int64_t SC = g.S * g.Cg;
+    zeros.assign(std::max<int64_t>(SC, 1) + kBlock, 0.f);
+    const int64_t gather_per = any_gather ? g.R * kMaxPix * SC : 0;
+    gather.assign(std::max<int64_t>(1, gather_per * nt), 0.f);
+    scratch.resize(nt);
+    for (int t = 0; t < nt; ++t) {
+      scratch[t].wseg.resize(g.R * g.S);
+      scratch[t].xseg.resize(g.R * g.S * kMaxPix);
+      scratch[t].gather = gather.data() + gather_per * t;
+    }
+  }
+};
+
+// The output box (n0,n1,k0,k1,oh0,oh1,ow0,ow1) in the first 8 columns of every vertex row.
+void check_box_cols(const IArr& vertices, const ConvGeom& g, const char* fn) {
+  check_range_cols(vertices, 0, g.N, fn, "batch (n0, n1)");
+  check_range_cols(vertices, 2, g.K, fn, "channel (k0, k1)");
+  check_range_cols(vertices, 4, g.OH, fn, "row (oh0, oh1)");
+  check_range_cols(vertices, 6, g.OW, fn, "column (ow0, ow1)");
+}
+
+void conv2d_nhwc(const FArr& x, const FArr& wp, std::optional<FArr> bias,
+                 std::optional<FArr> residual, py::array out, const IArr& vertices, int64_t K,
+                 int64_t R, int64_t S, int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                 int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups, bool relu) {
+  const char* fn = "conv2d_nhwc";
+  check_ndim(x, 4, fn, "x", "[N, H, W, C]");
+  float* o = out_ptr(out, fn);
+  check_ndim(out, 4, fn, "out", "[N, OH, OW, K]");
+  const ConvGeom g = conv_geom(fn, x, wp, K, R, S, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                               groups);
+  check_out_shape(fn, out, "out", 0, g, x);
   if (bias && (bias->ndim() != 1 || bias->shape(0) != K))
     fail(std::string(fn) + ": bias has shape " + shape_str(*bias) + ", expected (" +
          std::to_string(K) + ",)");
@@ -236,25 +313,11 @@ void conv2d_nhwc(const FArr& x, const FArr& wp, std::optional<FArr> bias,
     fail(std::string(fn) + ": residual has shape " + shape_str(*residual) + ", expected out's " +
          shape_str(out));
   const py::ssize_t V = check_vertices(vertices, 8, fn);
-  check_range_cols(vertices, 0, g.N, fn, "batch (n0, n1)");
-  check_range_cols(vertices, 2, K, fn, "channel (k0, k1)");
-  check_range_cols(vertices, 4, g.OH, fn, "row (oh0, oh1)");
-  check_range_cols(vertices, 6, g.OW, fn, "column (ow0, ow1)");
+  check_box_cols(vertices, g, fn);
 
-  const bool contiguous_row = (g.S == 1) || (g.dw == 1 && g.Cg == g.C);
-  const Mode mode = contiguous_row ? Mode::Fused : (g.Cg >= 16 ? Mode::Split : Mode::Gather);
-
-  const int nt = max_threads();
-  const int64_t SC = g.S * g.Cg;
-  std::vector<float> zeros(std::max<int64_t>(SC, 1) + kBlock, 0.f);
-  const int64_t gather_per = (mode == Mode::Split) ? 0 : g.R * kMaxPix * SC;
-  std::vector<float> gather(std::max<int64_t>(1, gather_per * nt));
-  std::vector<Scratch> scratch(nt);
-  for (int t = 0; t < nt; ++t) {
-    scratch[t].wseg.resize(g.R * g.S);
-    scratch[t].xseg.resize(g.R * g.S * kMaxPix);
-    scratch[t].gather = gather.data() + gather_per * t;
-  }
+  const Mode mode = conv_mode(g);
+  ConvBuffers buf(g, mode != Mode::Split);
+  const RedRange full{0, g.Cg, 0, g.R};
   const float* xp = x.data();
   const float* wpp = wp.data();
   const float* bp = bias ? bias->data() : nullptr;
@@ -264,8 +327,52 @@ void conv2d_nhwc(const FArr& x, const FArr& wp, std::optional<FArr> bias,
     py::gil_scoped_release nogil;
 #pragma omp parallel for schedule(dynamic, 1)
     for (py::ssize_t v = 0; v < V; ++v)
-      conv_vertex(g, mode, xp, wpp, bp, rp, o, vt + 8 * v, zeros.data(), relu,
-                  scratch[thread_id()]);
+      conv_vertex(g, mode, xp, wpp, bp, rp, o, vt + 8 * v, full, buf.zeros.data(), relu,
+                  buf.scratch[thread_id()]);
+  }
+}
+
+// Vertex rows (n0,n1,k0,k1,oh0,oh1,ow0,ow1,c0,c1,r0,r1,slab): partials[slab] over the box =
+// the sum over channels [c0, c1) of the group and kernel rows [r0, r1).  Vertices writing the
+// same slab must own disjoint boxes (each element of a slab has one writer).
+void conv2d_nhwc_partial(const FArr& x, const FArr& wp, py::array partials, const IArr& vertices,
+                         int64_t K, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
+                         int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w,
+                         int64_t groups) {
+  const char* fn = "conv2d_nhwc_partial";
+  constexpr int kCols = 13;
+  check_ndim(x, 4, fn, "x", "[N, H, W, C]");
+  float* o = out_ptr(partials, fn);
+  check_ndim(partials, 5, fn, "partials", "[P, N, OH, OW, K]");
+  const ConvGeom g = conv_geom(fn, x, wp, K, R, S, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                               groups);
+  check_out_shape(fn, partials, "partials", 1, g, x);
+  const int64_t P = partials.shape(0);
+  const py::ssize_t V = check_vertices(vertices, kCols, fn);
+  check_box_cols(vertices, g, fn);
+  check_range_cols(vertices, 8, g.Cg, fn, "input channel within the group (c0, c1)");
+  check_range_cols(vertices, 10, g.R, fn, "kernel row (r0, r1)");
+  check_index_col(vertices, 12, P, fn, "slab", "partials " + shape_str(partials));
+
+  const int32_t* vt = vertices.data();
+  const Mode mode = conv_mode(g);
+  // Row segments (Fused or Gather mode, whole channel range) gather into per-thread scratch.
+  bool any_gather = false;
+  for (py::ssize_t v = 0; v < V && mode != Mode::Split && !any_gather; ++v)
+    any_gather = vt[kCols * v + 9] - vt[kCols * v + 8] == g.Cg;
+  ConvBuffers buf(g, any_gather);
+  const float* xp = x.data();
+  const float* wpp = wp.data();
+  const int64_t slab = g.N * g.OH * g.OW * g.K;
+  {
+    py::gil_scoped_release nogil;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (py::ssize_t v = 0; v < V; ++v) {
+      const int32_t* row = vt + kCols * v;
+      const RedRange red{row[8], row[9], row[10], row[11]};
+      conv_vertex(g, mode, xp, wpp, nullptr, nullptr, o + row[12] * slab, row, red,
+                  buf.zeros.data(), false, buf.scratch[thread_id()]);
+    }
   }
 }
 
@@ -281,6 +388,15 @@ void register_conv(py::module& m) {
         py::arg("dil_h"), py::arg("dil_w"), py::arg("groups"), py::arg("relu"),
         "out[n,oh,ow,k] = act(bias[k] + conv(x, w)[n,oh,ow,k] + residual[n,oh,ow,k]) for every "
         "vertex row (n0,n1,k0,k1,oh0,oh1,ow0,ow1); NHWC, packed weights from pack_conv_weight.");
+  m.def("conv2d_nhwc_partial", &conv2d_nhwc_partial, py::arg("x"), py::arg("wp"),
+        py::arg("partials"), py::arg("vertices"), py::arg("K"), py::arg("R"), py::arg("S"),
+        py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
+        py::arg("dil_h"), py::arg("dil_w"), py::arg("groups"),
+        "Partial sums of a conv split over input channels and kernel rows: for every vertex row "
+        "(n0,n1,k0,k1,oh0,oh1,ow0,ow1,c0,c1,r0,r1,slab), partials[slab,n,oh,ow,k] = the sum of "
+        "x*w over input channels [c0,c1) within the group, kernel rows [r0,r1) and all kernel "
+        "columns (a plain store: no bias, residual or ReLU).  partials is float32 "
+        "[P, N, OH, OW, K]; reduce the slabs with reduce_partials.");
 }
 
 }  // namespace ipugraph

@@ -7,6 +7,9 @@
 //       for each group of <= kMaxNB 16-column blocks, each tile of <= 6 rows: microkernel
 //       + epilogue
 // Slices after the first accumulate into out; bias goes in with the first, ReLU with the last.
+//
+// matmul_partial: a vertex may own only a range [k0, k1) of the reduction; it stores its partial
+// product (no epilogue) into one slab of partials [P, M, N], and reduce_partials sums the slabs.
 #include "common.h"
 
 #include <optional>
@@ -38,13 +41,16 @@ py::array_t<float> pack_matmul_weight(const FArr& b, bool transposed) {
   return out;
 }
 
+// out[m0:m1, n0:n1] = act(bias + a[:, k0:k1] @ B[k0:k1, :]) for vx = (m0, m1, n0, n1); out is
+// [M, N] row-major, a [M, K], bp packed with the full K.
 void matmul_vertex(const float* a, const float* bp, const float* bias, float* out, int64_t K,
-                   int64_t N, const int32_t* vx, bool relu) {
+                   int64_t N, const int32_t* vx, int64_t k0, int64_t k1, bool relu) {
   const int64_t m0 = vx[0], m1 = vx[1], n0 = vx[2], n1 = vx[3];
   if (m1 <= m0 || n1 <= n0) return;
-  const int64_t kc_len = std::min<int64_t>(std::max<int64_t>(K, 1), kKC);
+  const int64_t KR = k1 - k0;  // reduction length of this vertex
+  const int64_t kc_len = std::min<int64_t>(std::max<int64_t>(KR, 1), kKC);
   int64_t chunk = std::max<int64_t>(kMaxPix, (128 * 1024 / 4) / kc_len / kMaxPix * kMaxPix);
-  const int64_t nkc = std::max<int64_t>(1, (K + kKC - 1) / kKC);
+  const int64_t nkc = std::max<int64_t>(1, (KR + kKC - 1) / kKC);
 
   alignas(64) float acc[kMaxNB * kAccStride];
   float* outp[kMaxPix];
@@ -52,7 +58,7 @@ void matmul_vertex(const float* a, const float* bp, const float* bias, float* ou
   for (int64_t c0 = m0; c0 < m1; c0 += chunk) {
     const int64_t c1 = std::min(m1, c0 + chunk);
     for (int64_t kc = 0; kc < nkc; ++kc) {
-      const int64_t ka = kc * kKC, L = std::min(K, ka + kKC) - ka;
+      const int64_t ka = k0 + kc * kKC, L = std::min(k1, ka + kKC) - ka;
       const bool first = kc == 0, last = kc == nkc - 1;
       for (int64_t n = n0; n < n1;) {
         const int64_t nb = n / kBlock, nstart = nb * kBlock;
@@ -87,6 +93,14 @@ void matmul_vertex(const float* a, const float* bp, const float* bias, float* ou
   }
 }
 
+void check_packed(const char* fn, const FArr& bp, int64_t K, int64_t N) {
+  const int64_t wsize = (N + kBlock - 1) / kBlock * K * kBlock;
+  if (bp.ndim() != 1 || bp.shape(0) != wsize)
+    fail(std::string(fn) + ": packed weight bp has shape " + shape_str(bp) + ", expected (" +
+         std::to_string(wsize) + ",) for K=" + std::to_string(K) + " N=" + std::to_string(N) +
+         " (use pack_matmul_weight)");
+}
+
 void matmul(const FArr& a, const FArr& bp, int64_t N, std::optional<FArr> bias, py::array out,
             const IArr& vertices, bool relu) {
   const char* fn = "matmul";
@@ -98,11 +112,7 @@ void matmul(const FArr& a, const FArr& bp, int64_t N, std::optional<FArr> bias, 
   if (out.shape(0) != M || out.shape(1) != N)
     fail(std::string(fn) + ": out has shape " + shape_str(out) + ", expected (" +
          std::to_string(M) + ", " + std::to_string(N) + ") for a " + shape_str(a));
-  const int64_t wsize = (N + kBlock - 1) / kBlock * K * kBlock;
-  if (bp.ndim() != 1 || bp.shape(0) != wsize)
-    fail(std::string(fn) + ": packed weight bp has shape " + shape_str(bp) + ", expected (" +
-         std::to_string(wsize) + ",) for K=" + std::to_string(K) + " N=" + std::to_string(N) +
-         " (use pack_matmul_weight)");
+  check_packed(fn, bp, K, N);
   if (bias && (bias->ndim() != 1 || bias->shape(0) != N))
     fail(std::string(fn) + ": bias has shape " + shape_str(*bias) + ", expected (" +
          std::to_string(N) + ",)");
@@ -116,7 +126,43 @@ void matmul(const FArr& a, const FArr& bp, int64_t N, std::optional<FArr> bias, 
   {
     py::gil_scoped_release nogil;
 #pragma omp parallel for schedule(dynamic, 1)
-    for (py::ssize_t v = 0; v < V; ++v) matmul_vertex(ap, bpp, biasp, o, K, N, vt + 4 * v, relu);
+    for (py::ssize_t v = 0; v < V; ++v)
+      matmul_vertex(ap, bpp, biasp, o, K, N, vt + 4 * v, 0, K, relu);
+  }
+}
+
+// Vertex rows (m0, m1, n0, n1, k0, k1, slab): partials[slab, m0:m1, n0:n1] =
+// a[m0:m1, k0:k1] @ B[k0:k1, n0:n1].  Vertices writing the same slab must own disjoint boxes.
+void matmul_partial(const FArr& a, const FArr& bp, int64_t N, py::array partials,
+                    const IArr& vertices) {
+  const char* fn = "matmul_partial";
+  constexpr int kCols = 7;
+  check_ndim(a, 2, fn, "a", "[M, K]");
+  float* o = out_ptr(partials, fn);
+  check_ndim(partials, 3, fn, "partials", "[P, M, N]");
+  const int64_t M = a.shape(0), K = a.shape(1);
+  if (N < 0) fail(std::string(fn) + ": N must be >= 0, got " + std::to_string(N));
+  if (partials.shape(1) != M || partials.shape(2) != N)
+    fail(std::string(fn) + ": partials has shape " + shape_str(partials) + ", expected (P, " +
+         std::to_string(M) + ", " + std::to_string(N) + ") for a " + shape_str(a));
+  check_packed(fn, bp, K, N);
+  const int64_t P = partials.shape(0);
+  const py::ssize_t V = check_vertices(vertices, kCols, fn);
+  check_range_cols(vertices, 0, M, fn, "row (m0, m1)");
+  check_range_cols(vertices, 2, N, fn, "column (n0, n1)");
+  check_range_cols(vertices, 4, K, fn, "reduction (k0, k1)");
+  check_index_col(vertices, 6, P, fn, "slab", "partials " + shape_str(partials));
+  const float* ap = a.data();
+  const float* bpp = bp.data();
+  const int32_t* vt = vertices.data();
+  const int64_t slab = M * N;
+  {
+    py::gil_scoped_release nogil;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (py::ssize_t v = 0; v < V; ++v) {
+      const int32_t* row = vt + kCols * v;
+      matmul_vertex(ap, bpp, nullptr, o + row[6] * slab, K, N, row, row[4], row[5], false);
+    }
   }
 }
 
@@ -129,6 +175,12 @@ void register_matmul(py::module& m) {
   m.def("matmul", &matmul, py::arg("a"), py::arg("bp"), py::arg("N"), py::arg("bias"),
         py::arg("out"), py::arg("vertices"), py::arg("relu") = false,
         "out[m0:m1, n0:n1] = act(a @ B + bias) for every vertex row (m0, m1, n0, n1).");
+  m.def("matmul_partial", &matmul_partial, py::arg("a"), py::arg("bp"), py::arg("N"),
+        py::arg("partials"), py::arg("vertices"),
+        "Partial products of a matmul split over its reduction dim: for every vertex row "
+        "(m0, m1, n0, n1, k0, k1, slab), partials[slab, m0:m1, n0:n1] = a[m0:m1, k0:k1] @ "
+        "B[k0:k1, n0:n1] (a plain store, no bias or ReLU).  partials is float32 [P, M, N]; "
+        "reduce the slabs with reduce_partials (viewed as [P, M, 1, 1, N]).");
 }
 
 }  // namespace ipugraph

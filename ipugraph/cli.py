@@ -153,15 +153,17 @@ def cmd_plan(args) -> int:
     progress(f"building {args.model} (batch {args.batch}, {_size_text(args.image_size)})")
     graph = build_model(args.model, args.batch, args.image_size, target=target)
     progress(f"planning {len(graph.nodes)} ops over {target.tiles} tiles of {target.name}")
+    start = time.perf_counter()
     try:
         p = plan(graph, target)
     except PlanError as e:
         raise UsageError(str(e)) from None
+    progress(f"planned in {time.perf_counter() - start:.2f} s")
     print(f"{args.model}: batch {args.batch}, {_size_text(args.image_size)}, "
           f"{graph.num_params():,} parameters, {graph.macs() / 1e9:.3f} GMAC per run")
     print(p.summary())
     if args.json:
-        write_json(args.json, p.to_json())
+        write_json(args.json, p.to_json(vertices=True))     # the whole plan, every vertex
     return 0
 
 

@@ -1,7 +1,10 @@
 """lower(plan) -> Program: the plan as BSP steps, and the buffers its tensors live in.
 
-Every plan step becomes Exchange (the operand bytes its tiles must receive) · Execute (the
-compute set: one vertex per slice, each with its tile) · Sync. Buffers for activations are
+Every plan step becomes Exchange (the operand bytes its busiest tile must receive) · Execute
+(the compute set: one vertex per slice, each with its tile) · Sync, and, when the op is split over
+input channels / kernel rows / K, Reduce (exchange and add the partial sums) · Sync. A step
+serialised over batch slices (step.repeats > 1) runs that sequence once per slice; its vertex
+table holds every slice's vertices. Buffers for activations are
 assigned here once, by liveness: a buffer is reused by a later tensor of the same byte size
 (or the smallest larger one) after its last reader has run. Backends allocate them at compile.
 """
@@ -51,6 +54,15 @@ class Sync:
 
 
 @dataclass
+class Reduce:
+    """The partial-sum reduction of a step split over reduce dims (its own compute set on an
+    IPU: exchange of the partial slabs, then the adds)."""
+    step: int
+    vertices: int
+    cycles: float
+
+
+@dataclass
 class Program:
     plan: Plan
     bsp: list                                   # Exchange | ComputeSet | Sync, in order
@@ -68,10 +80,10 @@ class Program:
         return sum(self.buffer_bytes)
 
     def describe(self) -> str:
-        counts = {k: sum(isinstance(s, k) for s in self.bsp) for k in (Exchange, ComputeSet, Sync)}
+        counts = {k: sum(isinstance(s, k) for s in self.bsp) for k in (Exchange, ComputeSet, Sync, Reduce)}
         naive = sum(cs.output.nbytes for cs in self.compute_sets)
         return (f"Program: {counts[ComputeSet]} compute sets, {counts[Exchange]} exchanges, "
-                f"{counts[Sync]} syncs; {len(self.buffer_bytes)} activation buffers, "
+                f"{counts[Reduce]} reductions, {counts[Sync]} syncs; {len(self.buffer_bytes)} activation buffers, "
                 f"{self.activation_bytes() / 2**20:.1f} MiB (without reuse "
                 f"{naive / 2**20:.1f} MiB)")
 
@@ -91,10 +103,14 @@ def lower(plan: Plan) -> Program:
     bsp, sets = [], []
     for step in plan.steps:
         cs = ComputeSet(step, _external_inputs(step), step.group.output)
+        syncs = 2 if step.reduce_vertices is not None else 1
         if step.exchange_cycles > 0:
-            bsp.append(Exchange(step.index, int(step.max_tile_bytes), step.exchange_cycles))
+            bsp.append(Exchange(step.index, int(step.tile_received.max()), step.exchange_cycles))
         bsp.append(cs)
-        bsp.append(Sync(step.index, step.sync_cycles))
+        bsp.append(Sync(step.index, step.sync_cycles / syncs))
+        if step.reduce_vertices is not None:
+            bsp.append(Reduce(step.index, len(step.reduce_vertices), step.reduce_cycles))
+            bsp.append(Sync(step.index, step.sync_cycles / syncs))
         sets.append(cs)
     program = Program(plan, bsp, sets)
     _assign_buffers(program)

@@ -11,6 +11,9 @@ IPU figures (see ../shared/ANCHORS.md for the collection):
   at 1.33 GHz). The cost of one BSP sync is modelled as a fixed number of cycles (an assumption
   of this model, not a published figure; it only matters for graphs of many tiny steps).
 - PopLibs' availableMemoryProportion defaults to 0.6 of a tile's memory for an op's temporaries.
+- Non-AMP arithmetic (pooling, elementwise, partial-sum reductions): the tile's 64-bit vector
+  datapath does 2 FP32 operations per cycle, shared by its 6 barrel-scheduled workers (each
+  worker issues every 6th cycle). Model assumption from the ISA's 64-bit SIMD width.
 
 The host target treats each core as a tile whose "memory" is its L2 cache: plans prefer vertex
 slices whose working set fits it, but a host plan is never refused for size.
@@ -41,6 +44,7 @@ class Target:
     memory_is_cache: bool = False               # True: bytes_per_tile is soft (host L2)
     spill_bytes_per_cycle: float = 16.0         # host: DRAM bytes/cycle when a slice spills L2
     conv_pixel_block: int = 1                   # output pixels the conv codelet computes at once
+    vector_ops_per_cycle: float = 2.0           # FP32 element ops per tile per cycle, non-AMP
 
     # -- constructors --------------------------------------------------------------------
     @staticmethod
@@ -79,7 +83,8 @@ class Target:
                       fp16_macs_per_cycle=info["macs_per_cycle"], worker_threads=1,
                       exchange_bytes_per_cycle=4.0, sync_cycles=3000,
                       vertex_overhead_cycles=2000, channel_grain=16, vector_grain=1024,
-                      memory_is_cache=True, conv_pixel_block=6)
+                      memory_is_cache=True, conv_pixel_block=6,
+                      vector_ops_per_cycle=info["macs_per_cycle"] / 2)
         return replace(base, **overrides)
 
     @staticmethod

@@ -39,7 +39,7 @@ def test_plan_prints_summary_and_writes_json(tmp_path, capsys):
                  "--image-size", "64x48", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "resnet18: batch 2, 64x48, 11,689,512 parameters" in out
-    assert "plan of 'resnet18' on ipu-mk2: 1472 tiles" in out and "layer4.1.conv2" in out
+    assert "plan of 'resnet18' (batch 2) on ipu-mk2: 1472 tiles" in out and "layer4.1.conv2" in out
     data = json.loads(path.read_text())
     assert data["target"]["name"] == "ipu-mk2" and data["target"]["tiles"] == 1472
     assert {s["name"] for s in data["steps"]} >= {"conv1", "layer1.0.conv1", "fc"}

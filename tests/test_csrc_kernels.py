@@ -4,6 +4,12 @@ Tolerance: results are float32 with float32 accumulation, so every comparison us
 rtol = 1e-4 and atol = 1e-5 * sqrt(reduction length) * magnitude, where the reduction length is
 Cg*R*S for a conv (K for a matmul, the window size for pooling) and magnitude is the RMS of the
 float64 reference (at least 1).  Inputs are N(0, 1) and weights N(0, 1/fan_in), so outputs are O(1).
+
+Partial sums (conv2d_nhwc_partial, matmul_partial) use the same rule with the slab's own
+reduction length, (c1-c0)*(r1-r0)*S for a conv slab and k1-k0 for a matmul slab; a reduction of
+P slabs plus bias and residual (reduce_partials) uses length P + 2; the slabs of a complete
+split summed and reduced are compared with the full conv/matmul at its full reduction length.
+Boxes outside a vertex's own box and slab are checked bit for bit (NaN sentinels).
 """
 import math
 
@@ -450,3 +456,313 @@ def test_bad_inputs_raise_value_error():
                           np.array([[0, x.size]], np.int32), False)
     with pytest.raises(ValueError, match="softmax_rows"):
         _C.softmax_rows(x, np.zeros_like(x), np.array([[0, 1]], np.int32))
+
+
+# --------------------------------------------------------------------------- partial sums
+def partial_table(boxes, cpts, rpts):
+    """Vertices (n0,n1,k0,k1,oh0,oh1,ow0,ow1,c0,c1,r0,r1,slab): every output box of `boxes`
+    [V, 8] times every (c, r) range of the split points; one slab per (c, r) range."""
+    red = [(c0, c1, r0, r1) for c0, c1 in zip(cpts[:-1], cpts[1:])
+           for r0, r1 in zip(rpts[:-1], rpts[1:])]
+    rows = [list(b) + list(cr) + [slab] for slab, cr in enumerate(red) for b in boxes]
+    return np.array(rows, np.int32).reshape(-1, 13), red
+
+
+def conv_partial_ref(x, w, stride, pad, dil, groups, c0, c1, r0, r1):
+    """Sum over input channels [c0, c1) of each group and kernel rows [r0, r1): the full conv
+    with the other weights zeroed."""
+    wm = np.zeros_like(w)
+    wm[:, c0:c1, r0:r1, :] = w[:, c0:c1, r0:r1, :]
+    return conv_ref(x, wm, None, None, stride, pad, dil, groups, False)
+
+
+def run_conv_partial(x, wp, partials, verts, w_shape, stride, pad, dil, groups):
+    K, Cg, R, S = w_shape
+    _C.conv2d_nhwc_partial(x, wp, partials, verts, K, R, S, stride[0], stride[1], pad[0], pad[1],
+                           dil[0], dil[1], groups)
+
+
+# (N, H, W, C, K, R, S, stride, pad, dil, groups, c splits, r splits)
+PARTIAL = [
+    (2, 11, 9, 19, 21, 3, 3, 2, 1, 1, 1, 3, 2),        # stride 2, Cg 19: split taps
+    (2, 10, 9, 19, 21, 3, 3, 1, 1, 1, 1, 1, 3),        # whole channels: fused rows, rows split
+    (1, 20, 18, 3, 16, 7, 7, 2, 3, 1, 1, 1, 3),        # stem-like 7x7/2, rows split
+    (1, 12, 10, 6, 8, 3, 3, 1, 2, 2, 2, 1, 3),         # groups 2, Cg 3, dilation 2: gathered, rows split
+    (1, 13, 11, 16, 24, 3, 3, 1, 2, 2, 1, 2, 3),       # dilation 2, Cg 16
+    (1, 12, 10, 6, 10, 3, 3, 1, 2, 2, 1, 2, 2),        # dilation 2, tiny Cg: gathered rows
+    (2, 9, 10, 40, 36, 3, 3, 1, 1, 1, 2, 3, 2),        # groups 2, Cg 20 (not a multiple of 16)
+    (1, 9, 7, 16, 20, 3, 3, 2, 1, 1, 2, 2, 3),         # groups 2, Cg 8: gathered rows
+    (2, 11, 9, 24, 24, 3, 3, 1, 1, 1, 24, 1, 3),       # depthwise: only kernel rows split
+    (1, 10, 10, 24, 48, 3, 3, 2, 1, 1, 24, 1, 2),      # depthwise, multiplier 2
+    (1, 9, 9, 8, 16, 7, 7, 1, 3, 1, 1, 3, 4),          # padding 3, 7x7
+    (1, 14, 15, 10, 21, 3, 5, (3, 2), (1, 2), 1, 1, 2, 3),   # asymmetric
+    (1, 9, 9, 37, 17, 1, 1, 1, 1, 1, 1, 4, 1),         # 1x1 with padding, c split only
+    (2, 8, 8, 70, 40, 3, 3, 1, 1, (2, 1), 1, 3, 1),    # c split only, wide Cg (AVX-512 NB > 1)
+]
+
+
+@pytest.mark.parametrize("case", PARTIAL, ids=lambda c: "x".join(map(str, c)))
+def test_conv_partial_matches_reference(case):
+    N, H, W, C, K, R, S, st, pd, dl, groups, csplit, rsplit = case
+    stride, pad, dil = _pair(st), _pair(pd), _pair(dl)
+    rng = np.random.default_rng(hash(case) % 2**32)
+    x, w = make_conv(rng, N, H, W, C, K, R, S, groups)
+    OH, OW = out_hw(H, W, R, S, stride, pad, dil)
+    Cg = C // groups
+    boxes = grid_vertices(split(N, 2), split(K, 3), split(OH, 2), split(OW, 2))
+    verts, red = partial_table(boxes, split(Cg, csplit), split(R, rsplit))
+    wp = _C.pack_conv_weight(w, groups)
+    partials = np.full((len(red), N, OH, OW, K), np.nan, np.float32)
+    run_conv_partial(x, wp, partials, verts, w.shape, stride, pad, dil, groups)
+    for slab, (c0, c1, r0, r1) in enumerate(red):
+        ref = conv_partial_ref(x, w, stride, pad, dil, groups, c0, c1, r0, r1)
+        assert_close(partials[slab], ref, (c1 - c0) * (r1 - r0) * S)
+    # the slabs of a complete split add up to the conv; reduce with the whole epilogue
+    bias = rng.standard_normal(K, dtype=np.float32)
+    res = rng.standard_normal((N, OH, OW, K), dtype=np.float32)
+    out = np.full((N, OH, OW, K), np.nan, np.float32)
+    _C.reduce_partials(partials, bias, res, out, boxes, True)
+    assert_close(out, conv_ref(x, w, bias, res, stride, pad, dil, groups, True), Cg * R * S)
+    # a table in any order (slabs interleaved) gives the same slabs
+    again = np.full_like(partials, np.nan)
+    run_conv_partial(x, wp, again, verts[::-1].copy(), w.shape, stride, pad, dil, groups)
+    np.testing.assert_array_equal(again, partials)
+
+
+def test_conv_partial_full_range_equals_conv2d_nhwc():
+    # c = whole group, r = all rows, one slab: bit-identical to the fused kernel without epilogue
+    rng = np.random.default_rng(12)
+    for case in [(2, 9, 8, 19, 37, 3, 3, 1, 1, 1, 1), (1, 12, 10, 6, 8, 3, 3, 1, 2, 2, 2),
+                 (2, 9, 10, 32, 48, 3, 3, 2, 1, 1, 2)]:
+        N, H, W, C, K, R, S, st, pd, dl, groups = case
+        stride, pad, dil = _pair(st), _pair(pd), _pair(dl)
+        x, w = make_conv(rng, N, H, W, C, K, R, S, groups)
+        OH, OW = out_hw(H, W, R, S, stride, pad, dil)
+        boxes = grid_vertices(split(N, 2), split(K, 3), split(OH, 3), split(OW, 2))
+        verts, _ = partial_table(boxes, [0, C // groups], [0, R])
+        partials = np.full((1, N, OH, OW, K), np.nan, np.float32)
+        run_conv_partial(x, _C.pack_conv_weight(w, groups), partials, verts, w.shape, stride,
+                         pad, dil, groups)
+        full = run_conv(x, w, None, None, stride, pad, dil, groups, False, boxes)
+        np.testing.assert_array_equal(partials[0], full)
+
+
+def test_conv_partial_vertex_writes_exactly_its_box():
+    rng = np.random.default_rng(13)
+    N, H, W, C, K, R, S, groups = 3, 11, 13, 40, 46, 3, 3, 2
+    x, w = make_conv(rng, N, H, W, C, K, R, S, groups)
+    wp = _C.pack_conv_weight(w, groups)
+    P = 4
+    partials = np.full((P, N, H, W, K), np.nan, np.float32)
+    # (box, c range, r range, slab): uneven boxes, k cut inside a 16-block and across the groups
+    cases = [((0, 1, 0, 7, 0, 4, 0, 6), (0, 20, 0, 3), 2),
+             ((1, 3, 7, 30, 4, 5, 6, 13), (3, 11, 1, 3), 0),
+             ((2, 3, 20, 46, 5, 11, 0, 13), (0, 20, 2, 3), 3),
+             ((0, 3, 0, 46, 0, 11, 0, 13), (19, 20, 0, 1), 1),
+             ((1, 2, 5, 6, 3, 4, 7, 8), (5, 6, 1, 2), 0)]
+    for box, (c0, c1, r0, r1), slab in cases:
+        before = partials.copy()
+        v = np.array([list(box) + [c0, c1, r0, r1, slab]], np.int32)
+        run_conv_partial(x, wp, partials, v, w.shape, (1, 1), (1, 1), (1, 1), groups)
+        n0, n1, k0, k1, h0, h1, w0, w1 = box
+        mask = np.zeros(partials.shape, bool)
+        mask[slab, n0:n1, h0:h1, w0:w1, k0:k1] = True
+        ref = conv_partial_ref(x, w, (1, 1), (1, 1), (1, 1), groups, c0, c1, r0, r1)
+        assert_close(partials[mask], ref[mask[slab]], (c1 - c0) * (r1 - r0) * S)
+        np.testing.assert_array_equal(partials[~mask], before[~mask])  # NaN == NaN here
+    # empty c or r ranges store zeros over the box; empty boxes and tables write nothing
+    partials[:] = np.nan
+    run_conv_partial(x, wp, partials, np.array([[0, 1, 0, 16, 0, 2, 0, 3, 4, 4, 0, 3, 1],
+                                                [1, 2, 0, 16, 0, 2, 0, 3, 0, 20, 2, 2, 1]],
+                                               np.int32), w.shape, (1, 1), (1, 1), (1, 1), groups)
+    assert (partials[1, :2, :2, :3, :16] == 0).all()
+    assert np.isnan(np.delete(partials.reshape(P, -1), 1, axis=0)).all()
+    partials[:] = np.nan
+    run_conv_partial(x, wp, partials, np.array([[1, 1, 0, K, 0, H, 0, W, 0, 20, 0, 3, 0],
+                                                [0, N, 5, 5, 0, H, 0, W, 0, 20, 0, 3, 0]],
+                                               np.int32), w.shape, (1, 1), (1, 1), (1, 1), groups)
+    run_conv_partial(x, wp, partials, np.zeros((0, 13), np.int32), w.shape, (1, 1), (1, 1),
+                     (1, 1), groups)
+    assert np.isnan(partials).all()
+
+
+def matmul_split_table(boxes, kpts):
+    """(m0,m1,n0,n1,k0,k1,slab) rows: every box times every k range, one slab per k range."""
+    rows = [list(b) + [k0, k1, slab]
+            for slab, (k0, k1) in enumerate(zip(kpts[:-1], kpts[1:])) for b in boxes]
+    return np.array(rows, np.int32).reshape(-1, 7)
+
+
+def as_conv_boxes(boxes):
+    """matmul boxes (m0, m1, n0, n1) -> reduce_partials boxes over [M, 1, 1, N]."""
+    b = np.asarray(boxes, np.int32).reshape(-1, 4)
+    return np.ascontiguousarray(np.concatenate(
+        [b, np.tile(np.array([0, 1, 0, 1], np.int32), (len(b), 1))], axis=1))
+
+
+@pytest.mark.parametrize("M,K,N,transposed,kpts", [
+    (7, 37, 33, False, [0, 5, 21, 37]),                 # K not a multiple of 16
+    (13, 4100, 20, True, [0, 3, 2600, 4100]),           # a 2597-long slice crosses kKC = 2048
+    (10, 5000, 70, False, [0, 4500, 4999, 5000]),       # 4500: three KC slices; a 1-long slice
+    (33, 300, 17, True, [0, 300]),                      # one slab, whole K
+    (6, 20, 50, False, [0, 0, 20]),                     # an empty range: a slab of zeros
+])
+def test_matmul_partial(M, K, N, transposed, kpts):
+    rng = np.random.default_rng(M * 1000 + K + N)
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = (rng.standard_normal((K, N)) / math.sqrt(max(K, 1))).astype(np.float32)
+    bp = _C.pack_matmul_weight(np.ascontiguousarray(b.T) if transposed else b, transposed)
+    boxes = grid_vertices(split(M, 3), split(N, 3))
+    verts = matmul_split_table(boxes, kpts)
+    P = len(kpts) - 1
+    partials = np.full((P, M, N), np.nan, np.float32)
+    _C.matmul_partial(a, bp, N, partials, verts)
+    a64 = a.astype(np.float64)
+    for slab, (k0, k1) in enumerate(zip(kpts[:-1], kpts[1:])):
+        assert_close(partials[slab], a64[:, k0:k1] @ b[k0:k1], k1 - k0)
+    bias = rng.standard_normal(N, dtype=np.float32)
+    out = np.full((M, N), np.nan, np.float32)
+    _C.reduce_partials(partials.reshape(P, M, 1, 1, N), bias, None, out.reshape(M, 1, 1, N),
+                       as_conv_boxes(boxes), True)
+    assert_close(out, np.maximum(a64 @ b + bias, 0), K)
+
+
+def test_matmul_partial_vertex_writes_exactly_its_box():
+    rng = np.random.default_rng(14)
+    M, K, N = 10, 2100, 50
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = (rng.standard_normal((K, N)) / math.sqrt(K)).astype(np.float32)
+    bp = _C.pack_matmul_weight(b, False)
+    partials = np.full((3, M, N), np.nan, np.float32)
+    for row in ([3, 8, 5, 37, 7, 2090, 1], [0, 10, 0, 50, 2090, 2100, 2], [9, 10, 49, 50, 0, 1, 0]):
+        before = partials.copy()
+        _C.matmul_partial(a, bp, N, partials, np.array([row], np.int32))
+        m0, m1, n0, n1, k0, k1, slab = row
+        mask = np.zeros(partials.shape, bool)
+        mask[slab, m0:m1, n0:n1] = True
+        ref = a.astype(np.float64)[:, k0:k1] @ b[k0:k1]
+        assert_close(partials[mask], ref[mask[slab]], k1 - k0)
+        np.testing.assert_array_equal(partials[~mask], before[~mask])
+
+
+@pytest.mark.parametrize("use_b", [False, True])
+@pytest.mark.parametrize("use_r", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("P", [1, 2, 3])
+def test_reduce_partials(use_b, use_r, relu, P):
+    rng = np.random.default_rng(15 + P)
+    N, OH, OW, K = 2, 5, 7, 600  # K > the 512-float chunk inside a run
+    partials = rng.standard_normal((P, N, OH, OW, K), dtype=np.float32)
+    b = rng.standard_normal(K, dtype=np.float32) if use_b else None
+    r = rng.standard_normal((N, OH, OW, K), dtype=np.float32) if use_r else None
+    ref = partials.astype(np.float64).sum(0)
+    if use_b:
+        ref = ref + b
+    if use_r:
+        ref = ref + r
+    if relu:
+        ref = np.maximum(ref, 0)
+    boxes = grid_vertices(split(N, 2), [0, 5, 16, 300, 599, 600], split(OH, 2), split(OW, 3))
+    out = np.full((N, OH, OW, K), np.nan, np.float32)
+    _C.reduce_partials(partials, b, r, out, boxes, relu)
+    assert_close(out, ref, P + 2)
+    # one box writes exactly its box
+    out2 = np.full_like(out, np.nan)
+    _C.reduce_partials(partials, b, r, out2, np.array([[1, 2, 5, 16, 1, 4, 2, 6]], np.int32), relu)
+    mask = np.zeros(out.shape, bool)
+    mask[1:2, 1:4, 2:6, 5:16] = True
+    np.testing.assert_array_equal(out2[mask], out[mask])
+    assert np.isnan(out2[~mask]).all()
+    if use_r:  # residual may be out itself
+        _C.reduce_partials(partials, b, r, r, boxes, relu)
+        np.testing.assert_array_equal(r, out)
+
+
+def test_reduce_partials_relu_propagates_nan():
+    partials = np.zeros((2, 1, 1, 2, 3), np.float32)
+    partials[1, 0, 0, 1, 2] = np.nan
+    partials[0, 0, 0, 0, 0] = -1.0
+    out = np.full((1, 1, 2, 3), 5.0, np.float32)
+    _C.reduce_partials(partials, None, None, out, np.array([[0, 1, 0, 3, 0, 1, 0, 2]], np.int32),
+                       True)
+    assert np.isnan(out[0, 0, 1, 2]) and out[0, 0, 0, 0] == 0.0
+
+
+def test_partial_bad_inputs_raise_value_error():
+    x = np.zeros((1, 8, 8, 20), np.float32)
+    w = np.zeros((8, 10, 3, 3), np.float32)
+    wp = _C.pack_conv_weight(w, 2)
+    partials = np.zeros((2, 1, 8, 8, 8), np.float32)
+    box = [0, 1, 0, 8, 0, 8, 0, 8]
+    v = np.array([box + [0, 10, 0, 3, 1]], np.int32)
+    args = (8, 3, 3, 1, 1, 1, 1, 1, 1, 2)
+    _C.conv2d_nhwc_partial(x, wp, partials, v, *args)  # the valid call works
+    for row, msg in [([0, 10, 0, 3, 2], r"slab 2 outside \[0, 2\) of partials \(2, 1, 8, 8, 8\)"),
+                     ([0, 10, 0, 3, -1], "slab -1"),
+                     ([0, 11, 0, 3, 0],
+                      r"input channel within the group \(c0, c1\) range \[0, 11\) outside \[0, 10\]"),
+                     ([5, 4, 0, 3, 0], "input channel"),
+                     ([0, 10, 0, 4, 0], r"kernel row \(r0, r1\) range \[0, 4\) outside \[0, 3\]"),
+                     ([0, 10, 2, 1, 0], "kernel row")]:
+        with pytest.raises(ValueError, match="conv2d_nhwc_partial: vertex 0 has " + msg):
+            _C.conv2d_nhwc_partial(x, wp, partials, np.array([box + row], np.int32), *args)
+    with pytest.raises(ValueError, match="channel"):
+        _C.conv2d_nhwc_partial(x, wp, partials,
+                               np.array([[0, 1, 0, 9, 0, 8, 0, 8, 0, 10, 0, 3, 0]], np.int32), *args)
+    with pytest.raises(ValueError,
+                       match=r"vertices must be an int32 array of shape \[V, 13\], got shape \(1, 12\)"):
+        _C.conv2d_nhwc_partial(x, wp, partials, v[:, :12], *args)
+    with pytest.raises(ValueError, match=r"vertices must .* \[V, 13\], got shape \(1, 8\)"):
+        _C.conv2d_nhwc_partial(x, wp, partials, v[:, :8], *args)
+    with pytest.raises(ValueError,
+                       match=r"partials has shape \(2, 1, 8, 7, 8\), expected \(P, 1, 8, 8, 8\)"):
+        _C.conv2d_nhwc_partial(x, wp, np.zeros((2, 1, 8, 7, 8), np.float32), v, *args)
+    with pytest.raises(ValueError, match="partials must be 5-D"):
+        _C.conv2d_nhwc_partial(x, wp, partials[0], v, *args)
+    with pytest.raises(ValueError, match="float32"):
+        _C.conv2d_nhwc_partial(x, wp, partials.astype(np.float64), v, *args)
+    with pytest.raises(ValueError, match="writeable"):
+        ro = partials.copy()
+        ro.flags.writeable = False
+        _C.conv2d_nhwc_partial(x, wp, ro, v, *args)
+    with pytest.raises(ValueError, match="conv2d_nhwc_partial: packed weight"):
+        _C.conv2d_nhwc_partial(x, wp[:-16], partials, v, *args)
+    with pytest.raises(ValueError, match="conv2d_nhwc_partial: groups"):
+        _C.conv2d_nhwc_partial(x, wp, partials, v, 8, 3, 3, 1, 1, 1, 1, 1, 1, 3)
+    with pytest.raises(ValueError, match="conv2d_nhwc_partial: x must be 4-D"):
+        _C.conv2d_nhwc_partial(x[0], wp, partials, v, *args)
+
+    a = np.zeros((4, 5), np.float32)
+    bp = _C.pack_matmul_weight(np.zeros((5, 3), np.float32), False)
+    mp = np.zeros((2, 4, 3), np.float32)
+    _C.matmul_partial(a, bp, 3, mp, np.array([[0, 4, 0, 3, 0, 5, 1]], np.int32))
+    with pytest.raises(ValueError, match=r"matmul_partial: vertex 0 has slab 2 outside \[0, 2\)"):
+        _C.matmul_partial(a, bp, 3, mp, np.array([[0, 4, 0, 3, 0, 5, 2]], np.int32))
+    with pytest.raises(ValueError, match=r"reduction \(k0, k1\) range \[2, 6\) outside \[0, 5\]"):
+        _C.matmul_partial(a, bp, 3, mp, np.array([[0, 4, 0, 3, 2, 6, 0]], np.int32))
+    with pytest.raises(ValueError, match=r"vertices must be an int32 array of shape \[V, 7\]"):
+        _C.matmul_partial(a, bp, 3, mp, np.array([[0, 4, 0, 3, 0, 5]], np.int32))
+    with pytest.raises(ValueError, match=r"partials has shape \(2, 4, 4\), expected \(P, 4, 3\)"):
+        _C.matmul_partial(a, bp, 3, np.zeros((2, 4, 4), np.float32), np.zeros((0, 7), np.int32))
+    with pytest.raises(ValueError, match="matmul_partial: packed weight"):
+        _C.matmul_partial(a, bp, 20, np.zeros((2, 4, 20), np.float32), np.zeros((0, 7), np.int32))
+
+    out = np.zeros((1, 8, 8, 8), np.float32)
+    with pytest.raises(ValueError, match=r"reduce_partials: partials has shape \(2, 1, 8, 8, 7\)"):
+        _C.reduce_partials(np.zeros((2, 1, 8, 8, 7), np.float32), None, None, out, v[:, :8], False)
+    with pytest.raises(ValueError, match="partials must be 5-D"):
+        _C.reduce_partials(partials[0], None, None, out, v[:, :8], False)
+    with pytest.raises(ValueError, match=r"bias has shape \(7,\), expected \(8,\)"):
+        _C.reduce_partials(partials, np.zeros(7, np.float32), None, out, v[:, :8], False)
+    with pytest.raises(ValueError, match="residual has shape"):
+        _C.reduce_partials(partials, None, np.zeros((1, 8, 8, 7), np.float32), out, v[:, :8], False)
+    with pytest.raises(ValueError, match=r"vertices must be an int32 array of shape \[V, 8\]"):
+        _C.reduce_partials(partials, None, None, out, v, False)
+    with pytest.raises(ValueError, match=r"channel \(k0, k1\) range \[0, 9\)"):
+        _C.reduce_partials(partials, None, None, out,
+                           np.array([[0, 1, 0, 9, 0, 8, 0, 8]], np.int32), False)
+    with pytest.raises(ValueError, match=r"reduce_partials: out \(1, 8, 8, 8\) overlaps partials"):
+        _C.reduce_partials(partials, None, None, partials[1], v[:, :8], False)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _C.reduce_partials(partials, None, None, np.zeros((1, 8, 8, 16), np.float32)[..., ::2],
+                           v[:, :8], False)

@@ -56,6 +56,23 @@ def test_2d_outputs_are_fresh_arrays():
 
 
 def test_bsp_steps_on_ipu():
-    program = ig.lower(ig.plan(_chain(3), ig.Target.ipu_mk2()))
+    """Each step is [Exchange] · ComputeSet · Sync; a relu reading the previous relu's output
+    on the tiles that hold it exchanges nothing, so only the first step has an Exchange."""
+    plan = ig.plan(_chain(3), ig.Target.ipu_mk2())
+    program = ig.lower(plan)
     kinds = [type(s) for s in program.bsp]
-    assert kinds == [Exchange, ComputeSet, Sync] * 3
+    assert kinds == [Exchange, ComputeSet, Sync] + [ComputeSet, Sync] * 2
+    assert [s.exchange_cycles for s in plan.steps[1:]] == [0.0, 0.0]
+
+
+def test_bsp_reduction_steps():
+    """A conv split over input channels lowers to Exchange · ComputeSet · Sync · Reduce · Sync."""
+    from ipugraph.lower import Reduce
+    g = ig.Graph(name="wide-conv")
+    x = g.input("x", (1, 512, 4, 4))
+    w = g.variable("w", (16, 512, 3, 3), init=ig.init.zeros())
+    g.output("y", ig.ops.conv2d(x, w, padding=1))
+    plan = ig.plan(g, ig.Target.ipu_mk2())
+    assert plan.steps[0].reduce_vertices is not None, plan.summary()
+    kinds = [type(s) for s in ig.lower(plan).bsp]
+    assert kinds == [Exchange, ComputeSet, Sync, Reduce, Sync]

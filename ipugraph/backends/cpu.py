@@ -1,6 +1,12 @@
 """The CPU backend: each compute set is ONE call into ipugraph._C, which runs the set's vertex
 table under `#pragma omp parallel for` (csrc/).
 
+A conv / matmul whose plan splits its reduction (a conv's input channels "c" or kernel rows
+"kh", a gemm's "k") runs as two C++ calls inside its one Kernel, the two compute sets of PopLibs:
+the partial codelet stores each vertex's partial sum into one slab of a partials buffer
+(allocated once at compile), then reduce_partials sums the slabs and applies the fused epilogue
+(folded BN bias, residual, ReLU) over the reduction vertices.
+
 Layout: 4-D activations are stored NHWC (channels contiguous, what the conv microkernel and the
 pooling loops vectorise over); everything else row-major as declared. Feeds are converted on the
 way in and outputs on the way out. Weights are packed (and BN folded into them) at compile, and
@@ -51,13 +57,15 @@ def check_array(a: np.ndarray, shape: tuple, what: str) -> np.ndarray:
 
 @dataclass
 class Kernel:
-    """A compiled compute set: run() makes the one C++ call; prepare() (re)packs its static
-    operands and is called at compile and whenever the graph's values change, or before every
-    run when an operand it packs is computed at run time."""
+    """A compiled compute set: run() makes the C++ call (two for a split reduction: partial
+    sums, then their reduction); prepare() (re)packs its static operands and is called at
+    compile and whenever the graph's values change, or before every run when an operand it
+    packs is computed at run time. `partials` is a split reduction's slab buffer."""
     name: str
     run: Callable[[], None]
     prepare: Callable[[], None] | None = None
     dynamic: bool = False
+    partials: np.ndarray | None = None
 
 
 class Context:
@@ -149,6 +157,148 @@ def _vertices(cs) -> np.ndarray:
     return np.ascontiguousarray(cs.vertices, dtype=np.int32)
 
 
+def _columns(cs, names: tuple[str, ...], extents: tuple[int, ...], what: str) -> np.ndarray:
+    """The vertex table's (lo, hi) column pairs for the dims `names`, in that order, found by
+    name in the step's partition (dim d owns columns 2i, 2i+1 where i = dims.index(d)); a dim
+    the partition does not have is unsplit: its full range (0, extent) in every row."""
+    table = _vertices(cs)
+    if table.ndim != 2:
+        raise ValueError(f"cpu backend: {what}: vertex table must be 2-D, got shape "
+                         f"{table.shape}")
+    part = getattr(getattr(cs, "step", None), "partition", None)
+    dims = tuple(part.dims) if part is not None else names[:table.shape[1] // 2]
+    if table.shape[1] != 2 * len(dims):
+        raise ValueError(f"cpu backend: {what}: vertex table of shape {table.shape} does not "
+                         f"match the partition's dims {dims} (2 columns per dim)")
+    unknown = [d for d in dims if d not in names]
+    if unknown:
+        raise ValueError(f"cpu backend: {what}: the partition splits dims {unknown} this "
+                         f"lowering does not know (it knows {names})")
+    cols = []
+    for name, extent in zip(names, extents):
+        if name in dims:
+            i = dims.index(name)
+            cols.append(table[:, 2 * i:2 * i + 2])
+        else:
+            cols.append(np.tile(np.array([0, extent], np.int32), (len(table), 1)))
+    return np.ascontiguousarray(np.concatenate(cols, axis=1), dtype=np.int32)
+
+
+def _nonempty(cols: np.ndarray, first_red: int, red_extents: tuple[int, ...]) -> np.ndarray:
+    """Drop the vertices whose reduction range (columns first_red on) is empty while the
+    reduction is not: they add nothing (a split finer than its extent, e.g. c over a depthwise
+    conv's Cg = 1). If every row left has the whole reduction, the fused kernel runs."""
+    red = cols[:, first_red:]
+    empty_ok = np.array(red_extents) == 0             # e.g. a matmul with K = 0: out = bias
+    keep = ((red[:, 1::2] > red[:, 0::2]) | empty_ok).all(axis=1)
+    return cols if keep.all() else np.ascontiguousarray(cols[keep])
+
+
+def _cover(boxes: np.ndarray, weights: np.ndarray, layer: np.ndarray, layers: int,
+           shape: tuple):
+    """Sum of `weights` over the boxes that cover each cell, per layer: boxes int [V, 8] in
+    conv order (n0,n1,k0,k1,oh0,oh1,ow0,ow1) inside `shape` ([N, OH, OW, K]). The cells are
+    the grid between all distinct box edges (every element of a cell is covered alike), so
+    this is a 4-D difference array with one scatter per box corner: no loop over boxes.
+    Returns (sums [layers, cells...], edges per axis)."""
+    lo = boxes[:, [0, 4, 6, 2]].astype(np.int64)
+    hi = boxes[:, [1, 5, 7, 3]].astype(np.int64)
+    edges = [np.unique(np.concatenate([lo[:, a], hi[:, a], [0, shape[a]]])) for a in range(4)]
+    ilo = [np.searchsorted(edges[a], lo[:, a]) for a in range(4)]
+    ihi = [np.searchsorted(edges[a], hi[:, a]) for a in range(4)]
+    diff = np.zeros((layers, *(len(e) for e in edges)), np.int64)
+    w = np.asarray(weights, np.int64)
+    for corner in range(16):
+        up = [(corner >> a) & 1 for a in range(4)]
+        idx = tuple(ihi[a] if up[a] else ilo[a] for a in range(4))
+        np.add.at(diff, (layer, *idx), w if sum(up) % 2 == 0 else -w)
+    for a in range(1, 5):
+        diff = np.cumsum(diff, axis=a)
+    return diff[:, :-1, :-1, :-1, :-1], edges
+
+
+def _first_bad(bad: np.ndarray, edges) -> tuple:
+    """The [n, oh, ow, k] element at the start of the first cell where `bad` (cells) holds."""
+    cell = np.unravel_index(int(np.argmax(bad)), bad.shape)
+    return tuple(int(edges[a][c]) for a, c in enumerate(cell))
+
+
+class _SplitReduction:
+    """The compile-time half of a split reduction.
+
+    Slabs: one per distinct reduction start (c0, kh0) resp. (k0) of the vertices whose
+    reduction range is not empty (the others add nothing: see _nonempty); a slab position no
+    vertex writes keeps the buffer's initial zero. Reduction boxes: the planner's
+    `reduce_vertices` when the step has them, else the distinct output boxes of the table.
+    The table is checked to be a complete reduction: each output element's ranges add up to
+    the whole reduction, no slab element has two writers, and each output element is reduced
+    exactly once, so a bad plan fails at compile instead of giving wrong numbers.
+
+    boxes: int32 [V, 8] output boxes in conv order (n0,n1,k0,k1,oh0,oh1,ow0,ow1); red: int32
+    [V, 2r] reduction ranges (c0,c1,kh0,kh1) resp. (k0,k1); shape: the output as
+    [N, OH, OW, K] (a gemm's [M, 1, 1, N]); full: the whole reduction's volume (Cg*R resp. K)."""
+
+    def __init__(self, cs, boxes: np.ndarray, red: np.ndarray, shape: tuple, full: int,
+                 what: str):
+        self.what = what
+        volume = np.prod(red[:, 1::2] - red[:, 0::2], axis=1)
+        keep = np.flatnonzero(volume > 0)
+        _, first, inverse = np.unique(red[keep][:, 0::2], axis=0, return_index=True,
+                                      return_inverse=True)
+        rank = np.empty(len(first), np.int64)
+        rank[np.argsort(first)] = np.arange(len(first))   # slab ids in order of appearance
+        self.num_slabs = len(first)
+        self.slab = rank[inverse.reshape(-1)].astype(np.int32)
+        self.boxes = np.ascontiguousarray(boxes[keep], dtype=np.int32)
+        self.red = np.ascontiguousarray(red[keep], dtype=np.int32)
+        planned = getattr(getattr(cs, "step", None), "reduce_vertices", None)
+        if planned is not None:
+            self.reduce_vertices = np.ascontiguousarray(planned, dtype=np.int32)
+        else:
+            _, idx = np.unique(boxes, axis=0, return_index=True)
+            self.reduce_vertices = np.ascontiguousarray(boxes[np.sort(idx)], dtype=np.int32)
+        self._check(shape, full, volume[keep])
+
+    def table(self) -> np.ndarray:
+        """The partial codelet's table: box, reduction ranges, slab."""
+        return np.ascontiguousarray(
+            np.concatenate([self.boxes, self.red, self.slab[:, None]], axis=1), dtype=np.int32)
+
+    def _check(self, shape: tuple, full: int, volume: np.ndarray) -> None:
+        what = self.what
+        rv = self.reduce_vertices
+        if rv.ndim != 2 or rv.shape[1] != 8:
+            raise ValueError(f"cpu backend: {what}: reduce_vertices must be int32 [Vr, 8], "
+                             f"got shape {rv.shape}")
+        ext = np.array([shape[0], shape[0], shape[3], shape[3], shape[1], shape[1], shape[2],
+                        shape[2]])
+        if len(rv) and ((rv < 0).any() or (rv > ext).any() or (rv[:, 1::2] < rv[:, 0::2]).any()):
+            raise ValueError(f"cpu backend: {what}: reduce_vertices hold a box outside the "
+                             f"output [N, OH, OW, K] = {list(shape)} or with lo > hi")
+        ones = np.ones(len(self.boxes), np.int64)
+        writers, edges = _cover(self.boxes, ones, self.slab, self.num_slabs, shape)
+        if (writers > 1).any():
+            p = int(np.argmax((writers > 1).any(axis=(1, 2, 3, 4))))
+            start = tuple(int(v) for v in self.red[self.slab == p][0, 0::2])
+            raise ValueError(f"cpu backend: {what}: vertices with reduction start {start} "
+                             f"overlap in their output boxes (at element "
+                             f"{_first_bad(writers[p] > 1, edges)} of [n, oh, ow, k])")
+        covered, edges = _cover(self.boxes, volume, np.zeros(len(volume), np.int64), 1, shape)
+        if (covered != full).any():
+            at = _first_bad(covered[0] != full, edges)
+            raise ValueError(f"cpu backend: {what}: the vertices' reduction ranges cover "
+                             f"{int(covered[0][covered[0] != full][0])} of {full} at output "
+                             f"element {at} ([n, oh, ow, k]): not a complete split of the "
+                             "reduction")
+        reduced, edges = _cover(rv, np.ones(len(rv), np.int64), np.zeros(len(rv), np.int64), 1,
+                                shape)
+        if (reduced != 1).any():
+            at = _first_bad(reduced[0] != 1, edges)
+            raise ValueError(f"cpu backend: {what}: output element {at} is in "
+                             f"{int(reduced[0][reduced[0] != 1][0])} reduction boxes (must be "
+                             "exactly 1)")
+
+
 def _folded_weight_bias(ctx: Context, group, w_t: Tensor, b_t: Tensor | None, out_axis: int):
     """The anchor's weight and bias with an inference batch_norm folded in:
     w' = w·scale (per output channel), b' = b·scale + shift."""
@@ -170,6 +320,10 @@ def _folded_weight_bias(ctx: Context, group, w_t: Tensor, b_t: Tensor | None, ou
 
 # -- lowerings ------------------------------------------------------------------------------
 
+CONV_DIMS = ("n", "k", "oh", "ow", "c", "kh")   # c: input channels within a group; kh: rows
+GEMM_DIMS = ("m", "n", "k")                      # k: the reduction dim
+
+
 @lowering("conv2d", backend="cpu")
 def conv2d_cpu(ctx: Context, cs) -> Kernel:
     group, node = cs.group, cs.group.anchor
@@ -178,14 +332,17 @@ def conv2d_cpu(ctx: Context, cs) -> Kernel:
     k, cg, r, s = w_t.shape
     a = node.attrs
     groups = a["groups"]
-    x = check_array(ctx.storage(x_t), storage_shape(x_t), f"conv2d '{node.name}' input")
-    out = check_array(ctx.storage(group.output), storage_shape(group.output),
-                      f"conv2d '{node.name}' output")
+    what = f"conv2d '{node.name}'"
+    x = check_array(ctx.storage(x_t), storage_shape(x_t), f"{what} input")
+    out = check_array(ctx.storage(group.output), storage_shape(group.output), f"{what} output")
     res = None
     if group.residual is not None:
         res = check_array(ctx.storage(group.residual), out.shape,
-                          f"conv2d '{node.name}' residual '{group.residual.name}'")
-    verts = _vertices(cs)
+                          f"{what} residual '{group.residual.name}'")
+    n, oh, ow, _ = out.shape
+    cols = _nonempty(_columns(cs, CONV_DIMS, (n, k, oh, ow, cg, r), what), 8, (cg, r))
+    red = cols[:, 8:12]
+    split = not ((red[:, 0] == 0) & (red[:, 1] == cg) & (red[:, 2] == 0) & (red[:, 3] == r)).all()
     packed = {}
 
     def prepare():
@@ -194,13 +351,25 @@ def conv2d_cpu(ctx: Context, cs) -> Kernel:
         packed["b"] = b
 
     (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
+    geom = (k, r, s, sh, sw, ph, pw, dh, dw, groups)
+    partials = None
+    if not split:
+        verts = np.ascontiguousarray(cols[:, :8])
 
-    def run():
-        _C.conv2d_nhwc(x, packed["w"], packed["b"], res, out, verts, k, r, s, sh, sw, ph, pw,
-                       dh, dw, groups, group.relu)
+        def run():
+            _C.conv2d_nhwc(x, packed["w"], packed["b"], res, out, verts, *geom, group.relu)
+    else:
+        sr = _SplitReduction(cs, cols[:, :8], red, out.shape, cg * r, what)
+        table, rverts = sr.table(), sr.reduce_vertices
+        partials = np.zeros((sr.num_slabs, *out.shape), np.float32)
+
+        def run():
+            _C.conv2d_nhwc_partial(x, packed["w"], partials, table, *geom)
+            _C.reduce_partials(partials, packed["b"], res, out, rverts, group.relu)
 
     bn_params = group.bn.inputs[1:] if group.bn is not None else ()
-    return Kernel(node.name, run, prepare, dynamic=not ctx.is_static(w_t, b_t, *bn_params))
+    return Kernel(node.name, run, prepare, dynamic=not ctx.is_static(w_t, b_t, *bn_params),
+                  partials=partials)
 
 
 def _gemm_cpu(ctx: Context, cs, transposed: bool) -> Kernel:
@@ -208,9 +377,12 @@ def _gemm_cpu(ctx: Context, cs, transposed: bool) -> Kernel:
     a_t, w_t = node.inputs[0], node.inputs[1]
     b_t = node.inputs[2] if len(node.inputs) > 2 else None
     m, n = group.output.shape
-    a = check_array(ctx.storage(a_t), a_t.shape, f"{node.op.name} '{node.name}' input")
-    out = check_array(ctx.storage(group.output), (m, n), f"{node.op.name} '{node.name}' output")
-    verts = _vertices(cs)
+    what = f"{node.op.name} '{node.name}'"
+    a = check_array(ctx.storage(a_t), a_t.shape, f"{what} input")
+    out = check_array(ctx.storage(group.output), (m, n), f"{what} output")
+    kred = a_t.shape[1]
+    cols = _nonempty(_columns(cs, GEMM_DIMS, (m, n, kred), what), 4, (kred,))
+    split = not ((cols[:, 4] == 0) & (cols[:, 5] == kred)).all()
     packed = {}
 
     def prepare():
@@ -218,11 +390,29 @@ def _gemm_cpu(ctx: Context, cs, transposed: bool) -> Kernel:
         packed["w"] = _C.pack_matmul_weight(w, transposed)
         packed["b"] = b
 
-    def run():
-        _C.matmul(a, packed["w"], n, packed["b"], out, verts, group.relu)
+    partials = None
+    if not split:
+        verts = np.ascontiguousarray(cols[:, :4])
+
+        def run():
+            _C.matmul(a, packed["w"], n, packed["b"], out, verts, group.relu)
+    else:
+        # The reduction sees the gemm as a 1x1 conv: boxes (m0, m1, n0, n1, 0, 1, 0, 1).
+        boxes = np.concatenate([cols[:, :4], np.tile(np.array([0, 1, 0, 1], np.int32),
+                                                     (len(cols), 1))], axis=1)
+        sr = _SplitReduction(cs, boxes, cols[:, 4:6], (m, 1, 1, n), kred, what)
+        table = np.ascontiguousarray(sr.table()[:, [0, 1, 2, 3, 8, 9, 10]])
+        rverts = sr.reduce_vertices
+        partials = np.zeros((sr.num_slabs, m, n), np.float32)
+        partials4, out4 = partials.reshape(sr.num_slabs, m, 1, 1, n), out.reshape(m, 1, 1, n)
+
+        def run():
+            _C.matmul_partial(a, packed["w"], n, partials, table)
+            _C.reduce_partials(partials4, packed["b"], None, out4, rverts, group.relu)
 
     bn_params = group.bn.inputs[1:] if group.bn is not None else ()
-    return Kernel(node.name, run, prepare, dynamic=not ctx.is_static(w_t, b_t, *bn_params))
+    return Kernel(node.name, run, prepare, dynamic=not ctx.is_static(w_t, b_t, *bn_params),
+                  partials=partials)
 
 
 @lowering("linear", backend="cpu")

@@ -59,6 +59,10 @@ def _conv2d_cost(node) -> Cost:
 
 
 def _conv2d_space(node, target) -> Space:
+    """Split over batch, output channels, output rows and columns (the field), and, as PopLibs'
+    conv planner also does, over input channels (within a group) and kernel rows: those two make
+    partial sums that a reduction step adds up."""
+    from ..planner.regions import Region
     x, w = node.inputs[0], node.inputs[1]
     _, c, h, wd = x.shape
     k_total, cg, r, s = w.shape
@@ -68,23 +72,40 @@ def _conv2d_space(node, target) -> Space:
     ph, pw = node.attrs["padding"]
     item = x.itemsize
     n, k, oh, ow = node.output.shape
-
     block = target.conv_pixel_block
 
     def slice_cost(sizes):
-        sn, sk, soh, sow = (sizes[..., i] for i in range(4))
+        sn, sk, soh, sow, sc, skh = (sizes[..., i] for i in range(6))
         # The codelet computes `block` output pixels of a row at a time: a ragged row pays for
         # the whole last block.
-        macs = sn * sk * soh * (-(-sow // block) * block) * (cg * r * s)
-        rows_in = np.minimum((soh - 1) * sh + (r - 1) * dh + 1, h + 2 * ph)
+        macs = sn * sk * soh * (-(-sow // block) * block) * (sc * skh * s)
+        rows_in = np.minimum((soh - 1) * sh + (skh - 1) * dh + 1, h + 2 * ph)
         cols_in = np.minimum((sow - 1) * sw + (s - 1) * dw + 1, wd + 2 * pw)
-        chans_in = np.minimum(c, -(-sk // kg) * cg + cg)   # groups a k-slice may straddle
-        x_bytes = sn * chans_in * rows_in * cols_in * item
-        w_bytes = sk * (cg * r * s + 1) * item
+        groups_spanned = np.minimum(-(-sk // kg) + (kg % 16 != 0), c // cg)
+        x_bytes = sn * np.minimum(c, groups_spanned * sc) * rows_in * cols_in * item
+        w_bytes = sk * (sc * skh * s + 1) * item
         return macs, x_bytes, w_bytes, sn * sk * soh * sow * item
 
-    return Space((Dim("n", n), Dim("k", k, target.channel_grain), Dim("oh", oh), Dim("ow", ow)),
-                 slice_cost)
+    def boxes(table):
+        n0, n1, k0, k1, oh0, oh1, ow0, ow1, c0, c1, r0, r1 = table.T.astype(np.int64)
+        out = Region.boxes(np.stack([n0, k0, oh0, ow0], 1), np.stack([n1, k1, oh1, ow1], 1))
+        g0, g1 = k0 // kg, (k1 - 1) // kg
+        ih0 = np.clip(oh0 * sh - ph + r0 * dh, 0, h)
+        ih1 = np.clip((oh1 - 1) * sh - ph + (r1 - 1) * dh + 1, 0, h)
+        iw0 = np.clip(ow0 * sw - pw, 0, wd)
+        iw1 = np.clip((ow1 - 1) * sw - pw + (s - 1) * dw + 1, 0, wd)
+        xin = Region.boxes(np.stack([n0, g0 * cg + c0, ih0, iw0], 1),
+                           np.stack([n1, g1 * cg + c1, ih1, iw1], 1))
+        zero, full_s = np.zeros_like(k0), np.full_like(k0, s)
+        win = Region.boxes(np.stack([k0, c0, r0, zero], 1), np.stack([k1, c1, r1, full_s], 1))
+        ins = [(x, xin), (w, win)]
+        if len(node.inputs) > 2:
+            ins.append((node.inputs[2], Region.boxes(k0[:, None], k1[:, None])))
+        return out, ins
+
+    return Space((Dim("n", n), Dim("k", k, target.channel_grain), Dim("oh", oh), Dim("ow", ow),
+                  Dim("c", cg, target.channel_grain), Dim("kh", r)), slice_cost, boxes,
+                 reduce_dims=("c", "kh"), codelet="supervisor", rate="macs")
 
 
 @defop("conv2d", infer=_conv2d_infer, cost=_conv2d_cost, space=_conv2d_space,

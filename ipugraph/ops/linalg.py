@@ -48,15 +48,32 @@ def _gemm_cost(node) -> Cost:
 
 
 def _gemm_space(node, target) -> Space:
-    """PopLibs plans a matmul as a 1-D conv (in-channels K, out-channels N); here the split is
-    over rows of the output (the batch/field) and its columns (the out-channels)."""
+    """PopLibs plans a matmul as a 1-D conv (in-channels K, out-channels N): split over rows of
+    the output (the field), its columns (out-channels) and the reduction dim K (partial sums)."""
+    from ..planner.regions import Region
     m, k, n = _gemm_dims(node)
     item = node.output.itemsize
+    a_t, w_t = node.inputs[0], node.inputs[1]
+    transposed = node.op.name == "linear"          # linear's weight is [N, K]
 
     def slice_cost(sizes):
-        sm, sn = sizes[..., 0], sizes[..., 1]
-        return sm * sn * k, sm * k * item, sn * (k + 1) * item, sm * sn * item
-    return Space((Dim("m", m), Dim("n", n, target.channel_grain)), slice_cost)
+        sm, sn, sk = sizes[..., 0], sizes[..., 1], sizes[..., 2]
+        return sm * sn * sk, sm * sk * item, sn * (sk + 1) * item, sm * sn * item
+
+    def boxes(table):
+        m0, m1, n0, n1, k0, k1 = table.T.astype(np.int64)
+        out = Region.boxes(np.stack([m0, n0], 1), np.stack([m1, n1], 1))
+        a = Region.boxes(np.stack([m0, k0], 1), np.stack([m1, k1], 1))
+        w = (Region.boxes(np.stack([n0, k0], 1), np.stack([n1, k1], 1)) if transposed else
+             Region.boxes(np.stack([k0, n0], 1), np.stack([k1, n1], 1)))
+        ins = [(a_t, a), (w_t, w)]
+        if len(node.inputs) > 2:
+            ins.append((node.inputs[2], Region.boxes(n0[:, None], n1[:, None])))
+        return out, ins
+
+    return Space((Dim("m", m), Dim("n", n, target.channel_grain),
+                  Dim("k", k, target.channel_grain)), slice_cost, boxes, reduce_dims=("k",),
+                 codelet="supervisor", rate="macs")
 
 
 @defop("matmul", infer=_matmul_infer, cost=_gemm_cost, space=_gemm_space)

@@ -49,7 +49,19 @@ def _pool_space(node, target) -> Space:
         out = sn * sc * soh * ow
         return (out * kh * kw, sn * sc * rows_in * w_in * x.itemsize, np.zeros_like(out),
                 out * x.itemsize)
-    return Space((Dim("n", n), Dim("c", c, target.vector_grain), Dim("oh", oh)), slice_cost)
+    def boxes(table):
+        from ..planner.regions import Region
+        n0, n1, c0, c1, oh0, oh1 = table.T.astype(np.int64)
+        ih0 = np.clip(oh0 * sh - ph, 0, x.shape[2])
+        ih1 = np.clip((oh1 - 1) * sh - ph + (kh - 1) * dh + 1, 0, x.shape[2])
+        zero = np.zeros_like(n0)
+        out = Region.boxes(np.stack([n0, c0, oh0, zero], 1),
+                           np.stack([n1, c1, oh1, np.full_like(n0, ow)], 1))
+        xin = Region.boxes(np.stack([n0, c0, ih0, zero], 1),
+                           np.stack([n1, c1, ih1, np.full_like(n0, w_in)], 1))
+        return out, [(x, xin)]
+    return Space((Dim("n", n), Dim("c", c, target.vector_grain), Dim("oh", oh)), slice_cost,
+                 boxes)
 
 
 def _windows(x, kernel, stride, padding, dilation, fill):
@@ -98,7 +110,16 @@ def _gap_space(node, target) -> Space:
     def slice_cost(sizes):
         sn, sc = sizes[..., 0], sizes[..., 1]
         return sn * sc * hw, sn * sc * hw * x.itemsize, np.zeros_like(sn), sn * sc * x.itemsize
-    return Space((Dim("n", x.shape[0]), Dim("c", x.shape[1], target.vector_grain)), slice_cost)
+    def boxes(table):
+        from ..planner.regions import Region
+        n0, n1, c0, c1 = table.T.astype(np.int64)
+        zero, one = np.zeros_like(n0), np.ones_like(n0)
+        out = Region.boxes(np.stack([n0, c0, zero, zero], 1), np.stack([n1, c1, one, one], 1))
+        xin = Region.boxes(np.stack([n0, c0, zero, zero], 1),
+                           np.stack([n1, c1, zero + x.shape[2], zero + x.shape[3]], 1))
+        return out, [(x, xin)]
+    return Space((Dim("n", x.shape[0]), Dim("c", x.shape[1], target.vector_grain)), slice_cost,
+                 boxes)
 
 
 @defop("global_avg_pool", infer=_gap_infer, space=_gap_space,

@@ -46,9 +46,26 @@ class Space:
     """What the planner partitions. `dims` are in vertex-table column order: a vertex row is
     (lo0, hi0, lo1, hi1, ...). `slice_cost(sizes)` takes an int64 array [..., len(dims)] of slice
     extents and returns (work, in_bytes, weight_bytes, out_bytes) arrays: what one vertex with
-    that slice computes (in MAC-equivalent operations) and must hold on its tile."""
+    that slice computes (in MAC-equivalent operations) and must hold on its tile.
+
+    `boxes(table)` says which elements each vertex of a vertex table writes and reads, in the
+    tensors' logical coordinates: (output Region, [(input tensor, Region), ...]); the planner
+    turns these into tile mappings and exchange. `reduce_dims` are dims whose split makes
+    partial sums (conv input channels and kernel rows, a matmul's K): their vertices write
+    partials that a reduction step adds up. `codelet` is "supervisor" for codelets that spread
+    one vertex over all of a tile's worker threads (conv, matmul, as PopLibs' AMP vertices do) or
+    "worker" for one-thread vertices (pooling, elementwise); `rate` is which throughput their work
+    runs at: "macs" (the AMP / FMA units) or "vector" (plain vector arithmetic)."""
     dims: tuple[Dim, ...]
     slice_cost: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    boxes: Callable | None = None
+    reduce_dims: tuple[str, ...] = ()
+    codelet: str = "worker"
+    rate: str = "vector"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.dims)
 
 
 @dataclass
@@ -134,7 +151,10 @@ def pair(value, what: str, op: str, node: str) -> tuple[int, int]:
 
 def elementwise_space(node, target) -> Space:
     """Elementwise work is split over the output's flat element range (PopLibs maps it by the
-    output tensor's tile mapping; a flat range is that mapping's simplest form)."""
+    output tensor's tile mapping; a flat range is that mapping's simplest form). An operand of
+    the output's size is read over the same range; a smaller one (batch-norm's per-channel
+    parameters) is read whole."""
+    from ..planner.regions import flat_region, full_region
     out = node.output
     nin = len(node.inputs)
 
@@ -142,7 +162,13 @@ def elementwise_space(node, target) -> Space:
         n = sizes[..., 0]
         b = n * out.itemsize
         return n, nin * b, np.zeros_like(n), b
-    return Space((Dim("i", out.size, target.vector_grain),), slice_cost)
+
+    def boxes(table):
+        start, stop = table[:, 0], table[:, 1]
+        ins = [(t, flat_region(t.shape, start, stop) if t.size == out.size
+                else full_region(t.shape, len(table))) for t in node.inputs]
+        return flat_region(out.shape, start, stop), ins
+    return Space((Dim("i", out.size, target.vector_grain),), slice_cost, boxes)
 
 
 def nbytes_of(*tensors: Tensor) -> int:

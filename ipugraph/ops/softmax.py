@@ -23,7 +23,11 @@ def _softmax_space(node, target) -> Space:
     def slice_cost(sizes):
         b = sizes[..., 0] * cols * x.itemsize
         return sizes[..., 0] * cols * 4, b, np.zeros_like(b), b
-    return Space((Dim("row", x.size // cols),), slice_cost)
+    def boxes(table):
+        from ..planner.regions import flat_region
+        region = flat_region(x.shape, table[:, 0] * cols, table[:, 1] * cols)
+        return region, [(x, region)]
+    return Space((Dim("row", x.size // cols),), slice_cost, boxes)
 
 
 @defop("softmax", infer=_softmax_infer, space=_softmax_space, attrs={"axis": -1},

@@ -1,47 +1,106 @@
-"""The cost model shared by the planner and bench/: cycles and bytes of a vertex slice on a tile.
+"""The cost model shared by the planner and bench/: cycles and bytes of vertices on tiles.
 
-For a candidate partition with V vertices on T tiles (ceil(V/T) vertices on the busiest tile),
-using the op Space's per-slice (work, input bytes, weight bytes, output bytes):
+Per codelet (Space.codelet / Space.rate):
+  a vertex's cycles   = work / rate + vertex overhead, where rate is the tile's FP32 MACs per
+                        cycle (AMP / FMA units, rate "macs") or its plain vector ops per cycle
+                        (rate "vector"); a "worker" vertex runs on one of the tile's worker
+                        threads at 1/workers of that rate (barrel scheduling), a "supervisor"
+                        vertex (conv, matmul) spreads over all of them
+  a tile's compute    = supervisor: the sum of its vertices' cycles; worker: its vertices packed
+                        onto the workers, max(sum / workers, longest vertex)
+  exchange            = the bytes the busiest tile must receive (its slices with halo, its
+                        weights, less what is already on the tile) / exchange bytes per cycle
+  sync                = one BSP sync per step
+  reduction           = for splits over reduce dims (input channels, kernel rows, a matmul's K):
+                        P partial slabs per output box; the box's reducing tile receives P-1 of
+                        them, adds them at the vector rate, and pays one more sync
 
-  compute  = vertices_per_tile × (work / MACs-per-cycle-per-tile + vertex overhead)
-  exchange = vertices_per_tile × (input + weight bytes) / exchange bytes-per-cycle
-             (v1 assumes every operand slice is received; residency comes with graph mappings)
-  sync     = one BSP sync per step
-  bytes    = vertices_per_tile × (input + weight + output (+ fused residual) bytes)
+This module holds the vectorised first-pass estimate over every candidate split (it assumes
+nothing is resident, an upper bound on exchange) and the constants of code and vertex state; the
+exact per-tile evaluation of the best candidates, with tile mappings, lives in evaluate.py.
 
-On the host the per-tile bytes are a cache, not a limit: a slice that spills L2 pays its excess
-bytes again at DRAM speed, which steers vertices toward cache-sized working sets.
+On the host a tile is a core, memory is its L2 (a cache, not a limit): a slice that spills L2
+pays the excess bytes again at DRAM speed, and there is no exchange phase.
 """
 from __future__ import annotations
 
 import numpy as np
 
+# Always-live bytes a compute set leaves on a tile (Poplar keeps code and vertex state resident):
+# code per codelet kind used on the tile, and state per vertex (its slice bounds and pointers).
+# Model assumptions of the order of Poplar's reported sizes for such codelets.
+CODE_BYTES = {"supervisor": 6 * 1024, "worker": 1024, "reduce": 1024}
+VERTEX_STATE_BYTES = 64
+
+
+def tile_rate(space, target, dtype: str) -> float:
+    return float(target.macs_per_cycle_for(dtype) if space.rate == "macs"
+                 else target.vector_ops_per_cycle)
+
+
+def vertex_cycles(space, target, dtype: str, work) -> np.ndarray:
+    """Cycles of one vertex doing `work`, on one worker (worker codelets) or the whole tile."""
+    rate = tile_rate(space, target, dtype)
+    if space.codelet == "worker":
+        rate /= target.worker_threads
+    return np.asarray(work, dtype=np.float64) / rate + target.vertex_overhead_cycles
+
+
+def tile_compute(space, target, vertex_cyc: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Compute cycles of a tile running `count` vertices of `vertex_cyc` cycles each (arrays
+    broadcast: the first-pass estimate, where all of a tile's vertices are the largest slice)."""
+    total = count * vertex_cyc
+    if space.codelet == "worker":
+        return np.maximum(total / target.worker_threads, np.where(count > 0, vertex_cyc, 0.0))
+    return total
+
+
+def max_vertices(space, target) -> int:
+    """How many vertices a split may have: one per tile for supervisor codelets, one per worker
+    for worker codelets; on the host a few per core, for dynamic load balancing."""
+    per_tile = target.worker_threads if space.codelet == "worker" else 1
+    return target.tiles * (8 if target.memory_is_cache else per_tile)
+
+
+def reduce_factor(space, splits: np.ndarray) -> np.ndarray:
+    """P: how many partial slabs each output element gets (1: no reduction step)."""
+    cols = [i for i, d in enumerate(space.dims) if d.name in space.reduce_dims]
+    if not cols:
+        return np.ones(len(splits), dtype=np.int64)
+    return np.prod(splits[:, cols], axis=1)
+
 
 def estimate(space, target, dtype: str, splits: np.ndarray, slice_sizes: np.ndarray,
              extra_bytes_per_out: int = 0) -> dict[str, np.ndarray]:
+    """First-pass cost of each candidate split (rows of `splits`, largest slices
+    `slice_sizes`), vectorised."""
     work, in_bytes, w_bytes, out_bytes = (np.asarray(a, dtype=np.float64)
                                           for a in space.slice_cost(slice_sizes))
-    out_bytes = out_bytes * (1 + extra_bytes_per_out)
     vertices = np.prod(splits, axis=-1)
     per_tile = np.ceil(vertices / target.tiles)
-    macs = target.macs_per_cycle_for(dtype)
-    compute = per_tile * (work / macs + target.vertex_overhead_cycles)
+    cyc = vertex_cycles(space, target, dtype, work)
+    compute = tile_compute(space, target, cyc, per_tile)
     exchange = per_tile * (in_bytes + w_bytes) / target.exchange_bytes_per_cycle
-    tile_bytes = per_tile * (in_bytes + w_bytes + out_bytes)
+    p = reduce_factor(space, splits).astype(np.float64)
+    partial = np.where(p > 1, out_bytes, 0.0)
+    tile_bytes = per_tile * (in_bytes + w_bytes + partial)
+    # The reduction: output boxes (vertices / P of them) each reduced on one tile.
+    boxes_per_tile = np.ceil(vertices / p / target.tiles)
+    item = 4.0
+    red_compute = np.where(p > 1, boxes_per_tile * (p * out_bytes / item / (
+        target.vector_ops_per_cycle) + target.vertex_overhead_cycles), 0.0)
+    red_exchange = np.where(p > 1, boxes_per_tile * (p - 1) * out_bytes
+                            / target.exchange_bytes_per_cycle, 0.0)
+    red_bytes = np.where(p > 1, boxes_per_tile * (p - 1) * out_bytes, 0.0)
+    tile_bytes = tile_bytes + red_bytes
+    out_total = out_bytes * (1 + extra_bytes_per_out)
     if target.memory_is_cache:
-        spill = np.maximum(in_bytes + w_bytes + out_bytes - target.bytes_per_tile, 0)
+        spill = np.maximum(in_bytes + w_bytes + out_total - target.bytes_per_tile, 0)
         compute = compute + per_tile * spill / target.spill_bytes_per_cycle
         exchange = exchange * 0.0          # shared memory: no exchange phase on the host
-    sync = np.full_like(compute, float(target.sync_cycles))
+        red_exchange = red_exchange * 0.0
+    sync = np.where(p > 1, 2.0, 1.0) * target.sync_cycles
     return {"compute": compute, "exchange": exchange, "sync": sync,
-            "total": compute + exchange + sync, "tile_bytes": tile_bytes,
-            "vertices": vertices, "work_per_vertex": work}
-
-
-def vertex_costs(space, target, dtype: str, table: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-vertex work (MAC-equivalents), cycles and bytes for an actual vertex table."""
-    sizes = (table[:, 1::2] - table[:, 0::2]).astype(np.int64)
-    work, in_bytes, w_bytes, out_bytes = (np.asarray(a, dtype=np.float64)
-                                          for a in space.slice_cost(sizes))
-    cycles = work / target.macs_per_cycle_for(dtype) + target.vertex_overhead_cycles
-    return {"work": work, "cycles": cycles, "bytes": in_bytes + w_bytes + out_bytes}
+            "reduce": red_compute + red_exchange,
+            "total": compute + exchange + sync + red_compute + red_exchange,
+            "tile_bytes": tile_bytes, "vertices": vertices}

@@ -1,15 +1,14 @@
-"""Partition search: enumerate splits of an op's space over tiles and score them.
+"""Partitions of an op's iteration space over tiles, and the first-pass search over them.
 
 A partition gives each dimension of the op's Space a split count; the slices of a dimension are
 whole grains, balanced to within one grain, and a vertex owns one slice of every dimension.
-Candidates are scored in one vectorised pass with the cost model (cost.py): the slowest tile's
-compute cycles + the cycles to receive its inputs + one sync; candidates whose per-tile bytes
-exceed the target's budget are rejected (IPU), or penalised (host, whose budget is a cache).
+`candidates` scores every split in one vectorised pass with cost.estimate and returns the few
+best (by total cost, and by compute alone, since the first pass over-counts exchange); the
+exact evaluation with tile mappings then picks among them (evaluate.py).
 """
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -18,7 +17,7 @@ from . import cost as costmodel
 
 
 class PlanError(ValueError):
-    """No partition of an op fits the target."""
+    """No plan of an op, or of the whole graph, fits the target."""
 
 
 @dataclass(frozen=True)
@@ -36,20 +35,36 @@ class Partition:
         """Slice edges along dim d: splits[d]+1 increasing values from 0 to extent."""
         extent, grain, s = self.extents[d], self.grains[d], self.splits[d]
         grains = -(-extent // grain)
-        edges = np.minimum((np.arange(s + 1) * grains) // s * grain, extent)
-        return edges
+        return np.minimum((np.arange(s + 1) * grains) // s * grain, extent)
 
     def vertex_table(self) -> np.ndarray:
         """int32 [V, 2*len(dims)]: one row (lo0, hi0, lo1, hi1, ...) per vertex, row-major over
         the dims so that neighbouring vertices share the most input."""
-        per_dim = [self.boundaries(d) for d in range(len(self.dims))]
-        ranges = [np.stack([e[:-1], e[1:]], axis=1) for e in per_dim]
-        rows = [np.concatenate(combo) for combo in itertools.product(*ranges)]
-        return np.ascontiguousarray(np.array(rows, dtype=np.int32).reshape(-1, 2 * len(self.dims)))
+        idx = np.indices(self.splits).reshape(len(self.splits), -1)
+        cols = []
+        for d in range(len(self.dims)):
+            edges = self.boundaries(d)
+            cols += [edges[idx[d]], edges[idx[d] + 1]]
+        return np.ascontiguousarray(np.stack(cols, axis=1).astype(np.int32))
 
     def describe(self) -> str:
         parts = [f"{d}/{s}" for d, s in zip(self.dims, self.splits) if s > 1]
         return "×".join(parts) if parts else "whole"
+
+
+def batch_dim(space: Space) -> int | None:
+    """The dim a Repeat serialises over (the batch), if the op has one."""
+    return 0 if space.dims and space.dims[0].name in ("n", "m") else None
+
+
+def chunk_space(space: Space, chunk: int) -> Space:
+    """The same op on `chunk` samples of its batch: what one repeat of a serialised op does."""
+    d = batch_dim(space)
+    if d is None:
+        return space
+    dims = list(space.dims)
+    dims[d] = replace(dims[d], extent=chunk)
+    return replace(space, dims=tuple(dims))
 
 
 def _split_candidates(extent: int, grain: int, limit: int) -> np.ndarray:
@@ -59,39 +74,38 @@ def _split_candidates(extent: int, grain: int, limit: int) -> np.ndarray:
     return np.array(sorted({-(-g // q) for q in sizes if -(-g // q) <= limit}), dtype=np.int64)
 
 
-def search(space: Space, target, dtype: str, extra_bytes_per_out: int = 0,
-           op_label: str = "op") -> tuple[Partition, dict]:
-    """The cheapest feasible partition of `space` on `target` and its cost breakdown."""
-    names = tuple(d.name for d in space.dims)
+def candidates(space: Space, target, dtype: str, extra_bytes_per_out: int = 0,
+               keep: int = 8, relax: float = 1.0) -> tuple[list[Partition], dict]:
+    """The most promising partitions of `space`: the best by first-pass total and by compute
+    among those whose first-pass temporaries fit `relax` × the op budget (IPU; the host is never
+    refused), and the smallest by temporaries; and, for error messages, the smallest first-pass
+    bytes found."""
+    names = space.names
     extents = tuple(d.extent for d in space.dims)
     grains = tuple(max(1, min(d.grain, d.extent)) for d in space.dims)
-    max_vertices = target.tiles * (8 if target.memory_is_cache else 1)
-    cands = [_split_candidates(e, g, max_vertices) for e, g in zip(extents, grains)]
+    limit = costmodel.max_vertices(space, target)
+    cands = [_split_candidates(e, g, limit) for e, g in zip(extents, grains)]
     grid = np.stack(np.meshgrid(*cands, indexing="ij"), axis=-1).reshape(-1, len(cands))
-    grid = grid[np.prod(grid, axis=1) <= max_vertices]
+    grid = grid[np.prod(grid, axis=1) <= limit]
     ext = np.array(extents, dtype=np.int64)
     grn = np.array(grains, dtype=np.int64)
-    grains_per_dim = -(-ext // grn)
-    max_slice = np.minimum(-(-grains_per_dim // grid) * grn, ext)
+    max_slice = np.minimum(-(-(-(-ext // grn)) // grid) * grn, ext)
     est = costmodel.estimate(space, target, dtype, grid, max_slice, extra_bytes_per_out)
-    budget = target.op_bytes_per_tile
-    # A cache is never "full": the host's memory term is the spill cost inside `estimate`.
-    feasible = est["tile_bytes"] <= budget if not target.memory_is_cache \
-        else np.ones(len(grid), dtype=bool)
-    if not feasible.any():
-        # PopLibs relaxes the memory bound up to 2× before giving up.
-        feasible = est["tile_bytes"] <= min(2 * budget, target.bytes_per_tile)
-        if not feasible.any():
-            best = int(np.argmin(est["tile_bytes"]))
-            raise PlanError(
-                f"{op_label}: no partition over {target.tiles} tiles of {target.name} fits: the "
-                f"smallest needs {int(est['tile_bytes'][best]):,} bytes on a tile "
-                f"(split {dict(zip(names, grid[best].tolist()))}), but a tile has "
-                f"{target.bytes_per_tile:,} bytes ({budget:,} at availableMemoryProportion "
-                f"{target.available_memory_proportion}). Use a smaller batch.")
-    score = np.where(feasible, est["total"], np.inf)
-    # Ties (common when compute dominates) go to the partition with fewer vertices.
-    order = np.lexsort((np.prod(grid, axis=1), score))
-    i = int(order[0])
-    part = Partition(names, extents, grains, tuple(int(s) for s in grid[i]))
-    return part, {k: v[i] for k, v in est.items()}
+    budget = min(relax * target.op_bytes_per_tile, target.bytes_per_tile)
+    feasible = (np.ones(len(grid), dtype=bool) if target.memory_is_cache
+                else est["tile_bytes"] <= budget)
+    smallest = int(np.argmin(est["tile_bytes"]))
+    info = {"min_bytes": float(est["tile_bytes"][smallest]),
+            "min_split": dict(zip(names, grid[smallest].tolist())), "budget": budget}
+    nv_all = np.prod(grid, axis=1)
+    # The first pass over-counts received bytes (nothing resident), so the smallest-footprint
+    # splits go to the exact evaluation too, which decides what fits.
+    by_bytes = np.lexsort((nv_all, est["tile_bytes"]))[:keep]
+    rows = np.flatnonzero(feasible)
+    nv = nv_all[rows]
+    # Ties (common when compute dominates) go to fewer vertices.
+    by_total = rows[np.lexsort((nv, est["total"][rows]))[:keep]]
+    by_compute = rows[np.lexsort((nv, est["compute"][rows] + est["reduce"][rows]))[:keep]]
+    chosen = list(dict.fromkeys(by_total.tolist() + by_compute.tolist() + by_bytes.tolist()))
+    parts = [Partition(names, extents, grains, tuple(int(s) for s in grid[i])) for i in chosen]
+    return parts, info

@@ -1,183 +1,203 @@
 """plan(graph, target) -> Plan: a partition for every (fused) op, its vertices and their tiles,
-and the estimated cycles and bytes of every step."""
+the exchange each forces given where its inputs live, and memory per tile at every step.
+
+Per op: enumerate splits (partition.candidates), evaluate the best few exactly against the tile
+mappings of the op's inputs (step.evaluate) and keep the cheapest whose temporaries fit the op
+budget (availableMemoryProportion); if none fits, serialise the op over batch slices (a Repeat)
+with as few repeats as fit; if even one sample does not fit, relax the budget up to the whole
+tile, as PopLibs does, and then give up naming the op and the numbers.
+Per graph: walk memory per tile per step (memory.py); a step whose tile overflows is serialised
+further and the graph re-planned, or the plan fails naming the step, tile and bytes.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
 
 import numpy as np
 
 from ..graph import Graph
-from . import cost as costmodel
 from .fusion import Group, group_nodes
-from .partition import Partition, search
+from .memory import TileMemory, tile_memory
+from .partition import PlanError, candidates, chunk_space
+from .regions import TileMapping
+from .step import Step, batch_of, evaluate
 
-# (op signature, target) -> Partition; a repeated layer (ResNet's identical blocks) plans once.
-_CACHE: dict[tuple, Partition] = {}
+# (op signature, target, input mappings, min repeats) -> (Partition, repeats): a repeated layer
+# (ResNet's identical blocks) plans once.
+_CACHE: dict[tuple, tuple] = {}
 CACHE_STATS = {"hits": 0, "misses": 0}
 
 
 def _signature(group: Group, target) -> tuple:
     def attrs(node):
         return tuple(sorted((k, str(v)) for k, v in node.attrs.items()))
-    ops = tuple((n.op.name, tuple((t.shape, t.dtype) for t in n.inputs), attrs(n))
-                for n in group.nodes)
+    ops = tuple((n.op.name, tuple((t.shape, t.dtype, t.kind == "op") for t in n.inputs),
+                 attrs(n)) for n in group.nodes)
     return ops, target
 
 
-@dataclass
-class Step:
-    """One compute set: a fused op group, how it is split, and where its vertices run."""
-    index: int
-    group: Group
-    partition: Partition
-    vertices: np.ndarray          # int32 [V, 2*dims]: slice bounds per vertex
-    tiles: np.ndarray             # int32 [V]: the tile each vertex runs on
-    compute_cycles: float
-    exchange_cycles: float
-    sync_cycles: float
-    max_tile_bytes: int
-    tiles_used: int
-    balance: float                # max / mean cycles over the tiles used
-    work_per_vertex: np.ndarray = field(repr=False, default=None)
-    cycles_per_vertex: np.ndarray = field(repr=False, default=None)
-    bytes_per_vertex: np.ndarray = field(repr=False, default=None)
+def _fingerprint(m: TileMapping) -> tuple:
+    h = hashlib.blake2b(digest_size=16)
+    for a in (m.tiles, m.lo, m.hi):
+        h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+    return ("map", m.shape, h.hexdigest())
 
-    @property
-    def name(self) -> str:
-        return self.group.name
 
-    @property
-    def op(self) -> str:
-        return self.group.describe()
-
-    @property
-    def total_cycles(self) -> float:
-        return self.compute_cycles + self.exchange_cycles + self.sync_cycles
-
-    def tile_cycles(self, num_tiles: int) -> np.ndarray:
-        return np.bincount(self.tiles, weights=self.cycles_per_vertex, minlength=num_tiles)
-
-    def tile_bytes(self, num_tiles: int) -> np.ndarray:
-        return np.bincount(self.tiles, weights=self.bytes_per_vertex, minlength=num_tiles)
+def _repeat_options(batch: int, least: int) -> list[int]:
+    """Repeat counts from `least` up, one per distinct chunk size ceil(batch / r)."""
+    seen, out = set(), []
+    for r in range(max(1, least), batch + 1):
+        chunk = -(-batch // r)
+        if chunk not in seen:
+            seen.add(chunk)
+            out.append(-(-batch // chunk))
+    return out or [1]
 
 
 class Plan:
-    def __init__(self, graph: Graph, target, steps: list[Step], fuse: bool):
+    def __init__(self, graph: Graph, target, steps: list[Step], fuse: bool,
+                 memory: TileMemory, input_mappings: dict[str, TileMapping]):
         self.graph = graph
         self.target = target
         self.steps = steps
         self.fuse = fuse
+        self.memory = memory
+        self.input_mappings = input_mappings
+        totals = memory.total
+        for s in steps:
+            s.tile_live = totals[s.index]
 
     # -- totals --------------------------------------------------------------------------
     def estimated_cycles(self) -> float:
-        """BSP total: every step's slowest-tile compute + exchange + sync, in sequence."""
+        """BSP total: every step's slowest-tile compute + exchange + sync (+ its reduction)."""
         return float(sum(s.total_cycles for s in self.steps))
 
     def estimated_seconds(self) -> float:
         return self.estimated_cycles() / self.target.clock_hz
 
     def peak_tile_bytes(self) -> int:
-        """Max bytes any tile holds for any step's vertices (per-op liveness in this version)."""
+        """Max bytes live on any tile at any step: always-live + activations + temporaries."""
         return max((s.max_tile_bytes for s in self.steps), default=0)
 
     def batch(self) -> int:
         x = next(iter(self.graph.inputs.values()), None)
         return x.shape[0] if x is not None and x.ndim else 1
 
+    def samples_per_second(self) -> float:
+        return self.batch() / self.estimated_seconds()
+
     # -- reporting -----------------------------------------------------------------------
     def summary(self) -> str:
-        t = self.target
-        head = (f"{'step':>4}  {'op':<38} {'fused':<22} {'split':<26} {'vtx':>6} {'tiles':>6} "
-                f"{'compute':>10} {'exch':>9} {'sync':>6} {'tile KiB':>9} {'bal':>5}")
-        lines = [f"plan of '{self.graph.name}' on {t.describe()}", head, "-" * len(head)]
-        for s in self.steps:
-            fused = "+".join(n.op.name for n in s.group.epilogue) or "-"
-            lines.append(
-                f"{s.index:>4}  {s.name[:38]:<38} {fused[:22]:<22} "
-                f"{s.partition.describe()[:26]:<26} {len(s.vertices):>6} {s.tiles_used:>6} "
-                f"{s.compute_cycles:>10.0f} {s.exchange_cycles:>9.0f} {s.sync_cycles:>6.0f} "
-                f"{s.max_tile_bytes / 1024:>9.1f} {s.balance:>5.2f}")
-        cycles = self.estimated_cycles()
-        secs = self.estimated_seconds()
-        lines += ["-" * len(head),
-                  f"total: {len(self.steps)} steps, {cycles:,.0f} cycles = "
-                  f"{secs * 1e3:.3f} ms at {t.clock_hz / 1e9:.2f} GHz "
-                  f"({self.batch() / secs:,.1f} samples/s estimated); peak tile bytes "
-                  f"{self.peak_tile_bytes():,} of {t.bytes_per_tile:,}"]
-        return "\n".join(lines)
+        from .report import summary
+        return summary(self)
 
     def __str__(self) -> str:
         return self.summary()
 
-    def to_json(self) -> dict:
-        t = self.target
-        return {
-            "graph": self.graph.name,
-            "target": {k: getattr(t, k) for k in t.__dataclass_fields__},
-            "estimated_cycles": self.estimated_cycles(),
-            "estimated_seconds": self.estimated_seconds(),
-            "peak_tile_bytes": self.peak_tile_bytes(),
-            "steps": [{
-                "index": s.index, "name": s.name, "op": s.group.anchor.op.name,
-                "fused": [n.op.name for n in s.group.epilogue],
-                "nodes": [n.name for n in s.group.nodes], "layer": s.group.anchor.scope,
-                "dims": list(s.partition.dims), "splits": list(s.partition.splits),
-                "vertices": len(s.vertices), "tiles_used": s.tiles_used,
-                "compute_cycles": s.compute_cycles, "exchange_cycles": s.exchange_cycles,
-                "sync_cycles": s.sync_cycles, "max_tile_bytes": s.max_tile_bytes,
-                "balance": s.balance, "macs": int(s.group.anchor.cost().macs),
-            } for s in self.steps],
-        }
-
-
-def _place(num_vertices: int, tiles: int) -> np.ndarray:
-    """Spread vertices evenly over the tiles (round-robin once they outnumber the tiles)."""
-    i = np.arange(num_vertices, dtype=np.int64)
-    if num_vertices <= tiles:
-        return ((i * tiles) // num_vertices).astype(np.int32)
-    return (i % tiles).astype(np.int32)
+    def to_json(self, vertices: bool = False) -> dict:
+        from .report import to_json
+        return to_json(self, vertices=vertices)
 
 
 def plan(graph: Graph, target=None, *, fuse: bool = True) -> Plan:
     """Partition every op of `graph` over the tiles of `target` (default: the graph's)."""
     target = target or graph.target
-    steps = []
-    for idx, group in enumerate(group_nodes(graph, fuse=fuse)):
-        anchor = group.anchor
-        space = anchor.op.space(anchor, target)
-        dtype = anchor.output.dtype
-        key = _signature(group, target)
-        part = _CACHE.get(key)
-        if part is None:
-            CACHE_STATS["misses"] += 1
-            extra = 1 if group.residual is not None else 0
-            part, _ = search(space, target, dtype, extra, op_label=f"{anchor.op.name} "
-                             f"'{anchor.name}'")
-            _CACHE[key] = part
-        else:
-            CACHE_STATS["hits"] += 1
-        steps.append(_make_step(idx, group, part, space, target, dtype))
-    return Plan(graph, target, steps, fuse)
+    groups = group_nodes(graph, fuse=fuse)
+    inputs = {name: TileMapping.linear(t.shape, t.itemsize, target.tiles, target.vector_grain)
+              for name, t in graph.inputs.items()}
+    least: dict[int, int] = {}
+    rounds = 8
+    for round_ in range(rounds):
+        mappings = dict(inputs)
+        steps = []
+        for idx, group in enumerate(groups):
+            step = _plan_step(idx, group, target, mappings, least.get(idx, 1))
+            mappings[group.output.name] = step.out_mapping
+            steps.append(step)
+        memory = tile_memory(_Partial(graph, target, steps), inputs)
+        result = Plan(graph, target, steps, fuse, memory, inputs)
+        if target.memory_is_cache:
+            return result
+        total = memory.total
+        over = np.flatnonzero(total.max(axis=1) > target.bytes_per_tile)
+        if not len(over):
+            return result
+        for s_idx in over.tolist():
+            tile = int(np.argmax(total[s_idx]))
+            step = steps[s_idx]
+            batch = batch_of(step.group.anchor.op.space(step.group.anchor, target))
+            excess = total[s_idx, tile] - target.bytes_per_tile
+            temp = memory.temp[s_idx, tile]
+            if temp > excess and step.repeats < batch and round_ < rounds - 1:
+                # Temporaries shrink about in proportion to the batch slice: aim for enough
+                # repeats at once rather than one more per round.
+                want = int(np.ceil(step.repeats * temp / (temp - excess)))
+                least[s_idx] = _repeat_options(batch, max(want, step.repeats + 1))[0]
+                continue
+            b = memory.breakdown(s_idx, tile)
+            raise PlanError(
+                f"plan of '{graph.name}' on {target.name}: step {s_idx} ({step.op} "
+                f"'{step.name}') needs {b['total']:,} bytes on tile {tile}, which has "
+                f"{target.bytes_per_tile:,}: always-live {b['always_live']:,} (weights "
+                f"{b['weights']:,}, code and vertex state {b['code_and_vertex_state']:,}), live "
+                f"activations {b['live_activations']:,}, temporaries {b['temporaries']:,}"
+                + (f" (already serialised over {step.repeats} batch slices)"
+                   if step.repeats > 1 else "")
+                + ". Use a smaller batch or a target with more memory.")
 
 
-def _make_step(idx, group, part, space, target, dtype) -> Step:
-    table = part.vertex_table()
-    tiles = _place(len(table), target.tiles)
-    per_vertex = costmodel.vertex_costs(space, target, dtype, table)
-    residual = 2.0 if group.residual is not None else 1.0
-    tile_cycles = np.bincount(tiles, weights=per_vertex["cycles"], minlength=target.tiles)
-    tile_bytes = np.bincount(tiles, weights=per_vertex["bytes"], minlength=target.tiles)
-    used = tile_cycles > 0
-    # Received bytes: inputs and weights of the busiest tile's vertices (v1: nothing resident).
-    est = costmodel.estimate(space, target, dtype, np.array([part.splits]),
-                             np.array([[int((table[:, 2 * d + 1] - table[:, 2 * d]).max())
-                                        for d in range(len(part.dims))]]), int(residual - 1))
-    return Step(idx, group, part, table, tiles,
-                compute_cycles=float(tile_cycles.max()),
-                exchange_cycles=float(est["exchange"][0]),
-                sync_cycles=float(target.sync_cycles),
-                max_tile_bytes=int(tile_bytes.max()),
-                tiles_used=int(used.sum()),
-                balance=float(tile_cycles.max() / tile_cycles[used].mean()),
-                work_per_vertex=per_vertex["work"], cycles_per_vertex=per_vertex["cycles"],
-                bytes_per_vertex=per_vertex["bytes"])
+class _Partial:
+    """The parts of a Plan that memory accounting reads, before the Plan exists."""
+
+    def __init__(self, graph, target, steps):
+        self.graph, self.target, self.steps = graph, target, steps
+
+
+def _plan_step(idx: int, group: Group, target, mappings: dict, least: int) -> Step:
+    anchor = group.anchor
+    space = anchor.op.space(anchor, target)
+    dtype = anchor.output.dtype
+    batch = batch_of(space)
+    in_keys = tuple(mappings[t.name].key for n in group.nodes for t in n.inputs
+                    if t.name in mappings)
+    key = (_signature(group, target), in_keys, least)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        CACHE_STATS["hits"] += 1
+        step = evaluate(idx, group, space, hit[0], hit[1], target, dtype, mappings, batch)
+    else:
+        CACHE_STATS["misses"] += 1
+        step = _search(idx, group, space, target, dtype, mappings, batch, least)
+        _CACHE[key] = (step.partition, step.repeats)
+    step.out_mapping.key = _fingerprint(step.out_mapping)
+    return step
+
+
+def _search(idx, group, space, target, dtype, mappings, batch, least) -> Step:
+    extra = 1 if group.residual is not None else 0
+    label = f"{group.anchor.op.name} '{group.anchor.name}'"
+    budget = target.op_bytes_per_tile
+    info = {}
+    for relax in (1.0, 2.0):
+        for repeats in _repeat_options(batch, least):
+            sub = chunk_space(space, -(-batch // repeats))
+            # A serialised op is already the slow path: fewer candidates to evaluate exactly.
+            parts, info = candidates(sub, target, dtype, extra, relax=relax,
+                                     keep=8 if repeats == 1 else 3)
+            best = None
+            for part in parts:
+                step = evaluate(idx, group, space, part, repeats, target, dtype, mappings, batch)
+                fits = target.memory_is_cache or step.tile_temp.max() <= relax * budget
+                if fits and (best is None or step.total_cycles < best.total_cycles):
+                    best = step
+            if best is not None:
+                if relax > 1:
+                    best.note = (best.note + "; " if best.note else "") + \
+                        "temporaries above availableMemoryProportion (relaxed up to 2x)"
+                return best
+    raise PlanError(
+        f"{label}: no partition over {target.tiles} tiles of {target.name} fits: the smallest "
+        f"needs {int(info.get('min_bytes', 0)):,} bytes of temporaries on a tile (split "
+        f"{info.get('min_split')}, one sample per repeat), but a tile has "
+        f"{target.bytes_per_tile:,} bytes ({budget:,} at availableMemoryProportion "
+        f"{target.available_memory_proportion}). Use a smaller batch or a larger target.")
