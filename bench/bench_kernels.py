@@ -3,6 +3,9 @@
 For each distinct conv shape at the given batch (224x224 input) it prints the median time of
 ipugraph's kernel and of torch.nn.functional.conv2d (channels_last, same thread count), timed
 interleaved in this process, GFLOP/s (2*N*OH*OW*K*Cg*R*S) and torch/ours ratio (> 1: ours faster).
+"model ms" is the planner's cost-model estimate for the same conv planned on Target.host() (the
+cost model the planner scores splits with), so model/ours shows how far the model is from the
+measured kernel on this machine.
 The vertex table splits batch x output rows into about --vpt vertices per thread, as a host plan
 would.  The "weighted" line sums each shape times its number of occurrences in ResNet-34.
 
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # not installed
+import ipugraph as ig  # noqa: E402
 from ipugraph import _C  # noqa: E402
 
 # (name, H, W, C, K, R, S, stride, pad, occurrences in ResNet-34)
@@ -48,6 +52,15 @@ def vertex_table(N, K, OH, OW, target):
                      for h0, h1 in zip(hpts[:-1], hpts[1:])], np.int32)
 
 
+def model_seconds(N, H, W, C, K, R, S, st, pd, threads):
+    """The host cost model's estimate for this conv (as the planner would split it)."""
+    g = ig.Graph(name="conv")
+    x = g.input("x", (N, C, H, W))
+    w = g.variable("w", (K, C, R, S), init=ig.init.zeros())
+    g.output("y", ig.ops.conv2d(x, w, stride=st, padding=pd))
+    return ig.plan(g, ig.Target.host(threads=threads)).estimated_seconds()
+
+
 def timed(fn):
     t0 = time.perf_counter()
     fn()
@@ -67,11 +80,12 @@ def main():
     torch.set_num_threads(threads)
     print(f"ipugraph._C simd={_C.simd} threads={threads}  torch {torch.__version__} "
           f"threads={torch.get_num_threads()}  batch={args.batch} reps={args.reps}")
-    hdr = f"{'layer':18s} {'GFLOP':>6s} {'ours ms':>8s} {'GFLOP/s':>8s} {'torch ms':>9s} {'GFLOP/s':>8s} {'torch/ours':>10s}"
+    hdr = (f"{'layer':18s} {'GFLOP':>6s} {'ours ms':>8s} {'GFLOP/s':>8s} {'torch ms':>9s} "
+           f"{'GFLOP/s':>8s} {'torch/ours':>10s} {'model ms':>9s} {'model/ours':>10s}")
     print(hdr)
     print("-" * len(hdr))
     rng = np.random.default_rng(0)
-    tot_ours = tot_torch = tot_flop = 0.0
+    tot_ours = tot_torch = tot_flop = tot_model = 0.0
     for name, H, W, C, K, R, S, st, pd, occ in SHAPES:
         if args.only and args.only not in name:
             continue
@@ -108,13 +122,17 @@ def main():
         tot_ours += occ * mo
         tot_torch += occ * mt
         tot_flop += occ * flop
+        mm = model_seconds(N, H, W, C, K, R, S, st, pd, threads)
+        tot_model += occ * mm
         print(f"{name:18s} {flop / 1e9:6.2f} {mo * 1e3:8.2f} {flop / mo / 1e9:8.1f} "
-              f"{mt * 1e3:9.2f} {flop / mt / 1e9:8.1f} {mt / mo:10.2f}")
+              f"{mt * 1e3:9.2f} {flop / mt / 1e9:8.1f} {mt / mo:10.2f} {mm * 1e3:9.2f} "
+              f"{mm / mo:10.2f}")
     if tot_flop:
         print("-" * len(hdr))
         print(f"{'weighted (x occ)':18s} {tot_flop / 1e9:6.2f} {tot_ours * 1e3:8.1f} "
               f"{tot_flop / tot_ours / 1e9:8.1f} {tot_torch * 1e3:9.1f} "
-              f"{tot_flop / tot_torch / 1e9:8.1f} {tot_torch / tot_ours:10.2f}")
+              f"{tot_flop / tot_torch / 1e9:8.1f} {tot_torch / tot_ours:10.2f} "
+              f"{tot_model * 1e3:9.1f} {tot_model / tot_ours:10.2f}")
 
 
 if __name__ == "__main__":
