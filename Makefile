@@ -10,7 +10,13 @@ EXT    := ipugraph/.ext-stamp
 CSRC   := $(wildcard csrc/*.cpp csrc/*.h)
 BATCH  ?= 8
 
-.PHONY: all install ext test bench clean
+.PHONY: all install ext sysdeps test bench clean
+
+# Debian packages the suite needs: headless Chromium and its driver (the report.html test).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+sysdeps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	    ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver)
 
 all: test
 
@@ -31,7 +37,7 @@ $(EXT): $(STAMP) $(CSRC)
 
 ext: $(EXT)
 
-test: $(EXT)
+test: $(EXT) sysdeps
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(PY) -m pytest -q tests
 
 bench: $(EXT)
