@@ -2,6 +2,7 @@
 
   ipugraph bench resnet34 --backend cpu --batch 8 --image-size 224 --compare torch
   ipugraph plan resnet34 --target ipu-mk2 --batch 1 [--json plan.json]
+  ipugraph dump resnet34 --target ipu-mk2 --batch 1 --out out/resnet34-mk2 [--frames]
   ipugraph info
 
 `bench` times ipugraph and PyTorch on the same network, weights, input and threads in one
@@ -167,6 +168,34 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_dump(args) -> int:
+    from .planner import PlanError, plan
+    from .target import Target
+    from .viz import dump
+    target = Target.from_name(args.target)
+    progress(f"building {args.model} (batch {args.batch}, {_size_text(args.image_size)})")
+    graph = build_model(args.model, args.batch, args.image_size, target=target)
+    progress(f"planning over {target.tiles} tiles of {target.name}")
+    start = time.perf_counter()
+    try:
+        p = plan(graph, target)
+    except PlanError as e:
+        raise UsageError(str(e)) from None
+    progress(f"planned in {time.perf_counter() - start:.2f} s")
+    manifest = dump(p, args.out, level=args.level, color=args.color, frames=args.frames,
+                    progress=progress)
+    manifest["seconds"] = {"plan": round(time.perf_counter() - start
+                                         - manifest["total_seconds"], 3), **manifest["seconds"]}
+    print(f"{args.model} on {target.name}, batch {args.batch}: {manifest['vertices']:,} vertices, "
+          f"{manifest['edges']:,} edges -> {args.out}")
+    width = max(len(k) for k in manifest["seconds"])
+    for label, secs in manifest["seconds"].items():
+        print(f"  {label:<{width}}  {secs:7.2f} s")
+    for name, size in manifest["files"].items():
+        print(f"  {name:<28} {size / 2**20:8.2f} MiB")
+    return 0
+
+
 # -- bench ------------------------------------------------------------------------------------
 
 def cpu_model() -> str:
@@ -222,22 +251,25 @@ def _rel_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
 
 
-def _torch_runners(torch, arch: str, graph, x: np.ndarray) -> dict:
+def _torch_runners(torch, arch: str, graph, x: np.ndarray, device: str = "cpu") -> dict:
     """The same network and weights in torch, NCHW and channels_last (whichever is faster on
     this machine becomes the peer). Each timed call includes the runtime's own input layout
-    change, as ipugraph's cpu backend converts NCHW to NHWC inside Engine.run."""
+    change, as ipugraph's cpu backend converts NCHW to NHWC inside Engine.run. On a GPU (the
+    triton backend) each call also includes the input's upload and the logits' download, as
+    Engine.run does."""
     from .interop import torch_resnet
-    model = torch_resnet.from_graph(arch, graph)
-    model_cl = torch_resnet.from_graph(arch, graph).to(memory_format=torch.channels_last)
+    model = torch_resnet.from_graph(arch, graph).to(device)
+    model_cl = torch_resnet.from_graph(arch, graph).to(device,
+                                                        memory_format=torch.channels_last)
     tx = torch.from_numpy(x)
 
     def run_nchw():
         with torch.inference_mode():
-            return model(tx)
+            return model(tx.to(device)).cpu()
 
     def run_cl():
         with torch.inference_mode():
-            return model_cl(tx.contiguous(memory_format=torch.channels_last))
+            return model_cl(tx.to(device).contiguous(memory_format=torch.channels_last)).cpu()
 
     return {"torch NCHW": run_nchw, "torch channels_last": run_cl}
 
@@ -304,7 +336,8 @@ def cmd_bench(args) -> int:
     runners = {"ipugraph": lambda: engine.run({"x": x})}
     if torch is not None:
         progress("building the same network in torch with the same weights")
-        runners.update(_torch_runners(torch, args.model, graph, x))
+        device = "cuda" if args.backend == "triton" and torch.cuda.is_available() else "cpu"
+        runners.update(_torch_runners(torch, args.model, graph, x, device))
 
     ours = engine.run({"x": x})["logits"]
     errors = {name: _rel_error(ours, np.asarray(fn()))
@@ -412,6 +445,24 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--image-size", type=image_size, default=224, metavar="N|HxW")
     plan.add_argument("--json", metavar="FILE", help="also write plan.to_json()")
     plan.set_defaults(func=cmd_plan)
+
+    dump = sub.add_parser("dump", help="write a model's tile-placement graph, pictures, trace "
+                          "and report.html", description="Plan MODEL for a target and write "
+                          "graph.json/.gexf/.graphml/.dot, graph.png/.svg, tiles.png, trace.json, "
+                          "report.html and manifest.json into --out.")
+    dump.add_argument("model", choices=MODEL_NAMES)
+    dump.add_argument("--target", choices=TARGET_NAMES, default="ipu-mk2")
+    dump.add_argument("--batch", type=positive_int, default=1)
+    dump.add_argument("--image-size", type=image_size, default=224, metavar="N|HxW")
+    dump.add_argument("--out", required=True, metavar="DIR")
+    dump.add_argument("--level", choices=("auto", "vertex", "op-tile", "op-tilegroup"),
+                      default="auto", help="graph.gexf/.graphml/.dot: one node per vertex, per "
+                      "(op, tile) or per (op, group of 32 tiles); auto picks by size")
+    dump.add_argument("--color", choices=("layer", "density"), default="layer",
+                      help="graph.png colour: the layer, or compute density")
+    dump.add_argument("--frames", action="store_true",
+                      help="also one picture per BSP step in DIR/frames/")
+    dump.set_defaults(func=cmd_dump)
 
     info = sub.add_parser("info", help="version, C++ extension, threads, targets, ops, backends")
     info.set_defaults(func=cmd_info)

@@ -37,9 +37,17 @@ class Engine:
             raise FeedError(f"graph '{self.graph.name}': feeds do not match its inputs: "
                             f"{'; '.join(parts)} (inputs are {sorted(expected)})")
         checked = {}
+        keep_torch = getattr(self._exe, "accepts_torch", False)
         for name, t in expected.items():
             a = feeds[name]
             if hasattr(a, "detach") and hasattr(a, "numpy"):      # a torch tensor
+                if keep_torch:                 # checked here, stays on its device
+                    dtype = str(a.dtype).removeprefix("torch.")
+                    if tuple(a.shape) != t.shape or dtype != t.dtype:
+                        raise FeedError(f"feed '{name}' is a torch tensor {tuple(a.shape)} "
+                                        f"{dtype}, the graph input is {t.shape} {t.dtype}")
+                    checked[name] = a
+                    continue
                 a = a.detach().cpu().numpy()
             a = np.asarray(a)
             if tuple(a.shape) != t.shape:

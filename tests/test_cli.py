@@ -104,7 +104,8 @@ def test_bench_without_torch_and_threads(tmp_path, capsys, monkeypatch):
     (["plan", "resnet18", "--target", "ipu-mk9"], "invalid choice: 'ipu-mk9'"),
     (["bench", "resnet18", "--iters", "0"], "must be >= 1"),
     (["plan", "resnet18", "--image-size", "2x2x2"], "image size must be N or HxW"),
-    (["dump", "resnet18"], "invalid choice: 'dump'"),
+    (["dump", "resnet18"], "the following arguments are required: --out"),
+    (["dump", "resnet18", "--out", "x", "--color", "rainbow"], "invalid choice: 'rainbow'"),
 ])
 def test_bad_arguments_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as info:

@@ -204,7 +204,7 @@ def test_matmul_and_linear(mkn, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape", [(8, 1000), (3, 1), (1, 17), (4, 5, 7)])
+@pytest.mark.parametrize("shape", [(8, 1000), (3, 1), (1, 17), (4, 5, 7), (2, 3, 5, 7)])
 def test_softmax(shape, backend):
     g = ig.Graph(name="softmax")
     x = g.input("x", shape)
@@ -216,9 +216,9 @@ def test_softmax(shape, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape", [(2, 64, 56, 56), (3, 5, 7, 1), (5, 33)])
+@pytest.mark.parametrize("shape", [(2, 64, 56, 56), (3, 5, 7, 1), (5, 33), (4, 6, 9)])
 def test_elementwise_and_batch_norm(shape, backend):
-    """relu, add and a standalone (unfused) batch_norm on 4-D and 2-D tensors."""
+    """relu, add and a standalone (unfused) batch_norm on 4-D, 3-D and 2-D tensors."""
     g = ig.Graph(name="ew")
     a, b = g.input("a", shape), g.input("b", shape)
     bn = _bn_params(g, shape[1], "bn", 11)

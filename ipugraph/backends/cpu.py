@@ -483,30 +483,49 @@ def batch_norm_cpu(ctx, cs) -> Kernel:
     x_t = node.inputs[0]
     x = _flat(ctx, x_t, f"batch_norm '{node.name}' input")
     out = _flat(ctx, node.output, f"batch_norm '{node.name}' output")
-    c = x_t.shape[1]                      # channels are the last storage dim for rank 2 and 4
+    # channel_affine indexes its per-channel tables with (flat index % period). Channels are
+    # the last storage dim for rank 2 and 4 (NHWC); for rank 3 [N, C, L] each channel's value
+    # repeats L times, so the tables are repeated to one period of C*L.
+    c = x_t.shape[1]
+    inner = x_t.shape[2] if x_t.ndim == 3 else 1
     verts = _vertices(cs)
     params = {}
 
     def prepare():
         gamma, beta, mean, var = (np.asarray(ctx.value(t), np.float64) for t in node.inputs[1:])
         scale, shift = bn_scale_shift(gamma, beta, mean, var, node.attrs["eps"])
-        params["scale"] = np.ascontiguousarray(scale, np.float32)
-        params["shift"] = np.ascontiguousarray(shift, np.float32)
+        params["scale"] = np.ascontiguousarray(np.repeat(scale, inner), np.float32)
+        params["shift"] = np.ascontiguousarray(np.repeat(shift, inner), np.float32)
 
     def run():
-        _C.channel_affine(x, params["scale"], params["shift"], out, c, verts, False)
+        _C.channel_affine(x, params["scale"], params["shift"], out, c * inner, verts, False)
 
     return Kernel(node.name, run, prepare, dynamic=not ctx.is_static(*node.inputs[1:]))
 
 
 @lowering("softmax", backend="cpu")
 def softmax_cpu(ctx, cs) -> Kernel:
+    """Rows of the logical last axis; a 4-D tensor is stored NHWC, so its rows are gathered
+    into a logical-order scratch buffer and scattered back."""
     node = cs.group.anchor
+    x_t = node.inputs[0]
     cols = node.output.shape[-1]
-    x = _flat(ctx, node.inputs[0], f"softmax '{node.name}' input").reshape(-1, cols)
-    out = _flat(ctx, node.output, f"softmax '{node.name}' output").reshape(-1, cols)
     verts = _vertices(cs)
-    return Kernel(node.name, lambda: _C.softmax_rows(x, out, verts))
+    if x_t.ndim != 4:
+        x = _flat(ctx, x_t, f"softmax '{node.name}' input").reshape(-1, cols)
+        out = _flat(ctx, node.output, f"softmax '{node.name}' output").reshape(-1, cols)
+        return Kernel(node.name, lambda: _C.softmax_rows(x, out, verts))
+    x = ctx.storage(x_t)
+    out = ctx.storage(node.output)
+    rows_in = np.empty(x_t.shape, np.float32)
+    rows_out = np.empty(x_t.shape, np.float32)
+
+    def run():
+        np.copyto(rows_in, to_logical(x_t, x))
+        _C.softmax_rows(rows_in.reshape(-1, cols), rows_out.reshape(-1, cols), verts)
+        np.copyto(out, to_storage(node.output, rows_out))
+
+    return Kernel(node.name, run)
 
 
 @lowering("flatten", backend="cpu")

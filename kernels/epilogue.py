@@ -1,0 +1,130 @@
+"""What every Triton codelet family shares: the fused epilogue, the dot's precision, the autotune
+configs, the launch options and the host-side argument checks.
+
+Fused epilogue. A conv or gemm tile leaves its main loop as an fp32 accumulator ``acc`` of
+``[BLOCK_M, BLOCK_N]`` (output pixels or rows × output channels or columns). Before it is
+stored, in registers, the epilogue applies what the planner fused into the compute set:
+
+    y = acc + bias[n]            bias: the op's bias, or a batch norm folded into it
+                                 (b' = b·scale + shift; the scale is folded into the weights)
+    y = y + residual[m, n]       the residual add of a ResNet block
+    y = max(y, 0)                ReLU
+
+and stores ``y`` in the output's dtype. So conv → BN → add → ReLU is one kernel launch.
+
+Precision. Inputs are float32, float16 or bfloat16; accumulation is always fp32. For float32
+inputs the dot is IEEE fp32 (``input_precision="ieee"``) unless the caller passes
+``allow_tf32=True``, which selects TF32 tensor cores (``input_precision="tf32"``: 10-bit
+mantissa products, about 1e-3 relative error per product, several times faster on Ampere and
+Hopper). TF32 is opt-in: the default matches the CPU backend to fp32 rounding. Every kernel
+with a dot takes the choice as its INPUT_PRECISION meta-parameter (see input_precision()).
+
+Autotuning. Every kernel is ``@triton.autotune``-d over a small set of configs (2-4) keyed on
+its shape, so a first run tunes in seconds. Under ``TRITON_INTERPRET=1`` (Triton's CPU
+interpreter, which runs each program with NumPy) timing configs measures nothing useful, so each
+kernel gets a single small config there.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Read once, when the kernels are first imported: @triton.jit decides at decoration time
+# whether a kernel is compiled for the GPU or run by the interpreter.
+INTERPRET: bool = bool(triton.knobs.runtime.interpret)
+
+
+# Compile options of every launch. FMA contraction is chosen explicitly (as the CPU backend's
+# -ffp-contract=fast): Triton 3.9 warns when it is left to its default, which 3.10 changes.
+LAUNCH_OPTIONS = {"enable_fp_fusion": True}
+
+
+def configs(gpu: list, interpreter: triton.Config) -> list:
+    """The autotune candidates: `gpu` on a device, the one `interpreter` config under
+    TRITON_INTERPRET=1."""
+    return [interpreter] if INTERPRET else gpu
+
+
+def input_precision(allow_tf32: bool) -> str:
+    """tl.dot's input_precision for fp32 operands ("tf32" or "ieee"; fp16/bf16 ignore it)."""
+    return "tf32" if allow_tf32 else "ieee"
+
+
+def dot_in_fp32(dtype) -> bool:
+    """Whether a dot over `dtype` operands must be upcast to fp32 first. The interpreter (Triton
+    3.9) multiplies bfloat16 dot operands as their raw 16-bit patterns; the upcast gives the same
+    exact products a bf16 MMA accumulates in fp32. On a GPU bf16 dots run natively."""
+    return INTERPRET and str(dtype).endswith("bfloat16")
+
+
+@triton.jit
+def store_epilogue(acc, offs_m, offs_n, mask_m, mask_n, bias_ptr, res_ptr, stride_res_m,
+                   out_ptr, stride_out_m,
+                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr):
+    """Store relu?(acc + bias[n] + residual[m, n]) to out[m, n] for the tile's rows offs_m and
+    columns offs_n (rows strided, columns contiguous), in out's dtype. The pointers are only
+    touched under their flags, so an absent bias or residual may be passed as None."""
+    mask = mask_m[:, None] & mask_n[None, :]
+    rows = offs_m.to(tl.int64)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        acc = acc + bias[None, :]
+    if HAS_RES:
+        res = tl.load(res_ptr + rows[:, None] * stride_res_m + offs_n[None, :], mask=mask,
+                      other=0.0)
+        acc = acc + res.to(tl.float32)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    tl.store(out_ptr + rows[:, None] * stride_out_m + offs_n[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# -- host-side checks shared by the wrappers --------------------------------------------------
+
+FLOAT_DTYPES = ("torch.float32", "torch.float16", "torch.bfloat16")
+
+
+def check_tensor(t, what: str, shape=None, dtype=None, device=None, contiguous: bool = True):
+    """Raise ValueError (never crash in a kernel) unless `t` is a torch tensor of that shape,
+    dtype and device, contiguous if asked."""
+    if not hasattr(t, "data_ptr"):
+        raise ValueError(f"{what}: expected a torch tensor, got {type(t).__name__}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{what}: shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(f"{what}: dtype {t.dtype}, expected {dtype}")
+    if dtype is None and str(t.dtype) not in FLOAT_DTYPES:
+        raise ValueError(f"{what}: dtype {t.dtype}; the kernels take float32, float16 or "
+                         "bfloat16")
+    if device is not None and t.device != device:
+        raise ValueError(f"{what}: on {t.device}, expected {device}")
+    if contiguous and not t.is_contiguous():
+        raise ValueError(f"{what}: must be contiguous (strides {tuple(t.stride())})")
+    return t
+
+
+def _extent(t) -> tuple[int, int]:
+    """The byte range [first, last) a strided tensor can touch."""
+    span = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) + 1
+    return t.data_ptr(), t.data_ptr() + span * t.element_size()
+
+
+def check_no_overlap(out, what: str, **inputs) -> None:
+    """A kernel whose programs read `inputs` while others write `out` must not get them in the
+    same memory (an in-place conv or matmul would read half-written values)."""
+    o0, o1 = _extent(out)
+    for name, t in inputs.items():
+        if t is not None and t.numel() and out.numel() and t.device == out.device:
+            a0, a1 = _extent(t)
+            if a0 < o1 and o0 < a1:
+                raise ValueError(f"{what}: out overlaps {name} in memory; the kernel cannot "
+                                 "run in place")
+
+
+def check_epilogue(out, bias, residual, channels: int, what: str):
+    """The optional bias [channels] and residual (out's shape and dtype) of a fused epilogue."""
+    if bias is not None:
+        check_tensor(bias, f"{what} bias", shape=(channels,), device=out.device)
+    if residual is not None:
+        check_tensor(residual, f"{what} residual", shape=tuple(out.shape), dtype=out.dtype,
+                     device=out.device)

@@ -1,0 +1,175 @@
+"""Pooling over NHWC activations: max and average over a window, and the global average.
+
+    max:  out[n, oh, ow, c] = max_{r,s} x[n, oh·sh − ph + r·dh, ow·sw − pw + s·dw, c]
+    avg:  out[n, oh, ow, c] = sum_{r,s} x[...] / divisor
+          divisor = KH·KW with count_include_pad (padding counts as zeros), else the number of
+          window taps that fall inside x
+    global average: out[n, c] = mean_{h,w} x[n, h, w, c]
+
+torch semantics with ceil_mode=False (every window starts inside the padded input, and with
+padding at most half the kernel every window holds at least one real element).
+
+Each program owns a [BLOCK_M pixels, BLOCK_C channels] tile of the output and walks the window
+tap by tap; NHWC makes the BLOCK_C channels of a tap one contiguous load. Values are combined in
+fp32 and stored in the output's dtype. No fused epilogue: the planner fuses elementwise ops only
+into conv / matmul anchors.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .epilogue import LAUNCH_OPTIONS, check_no_overlap, check_tensor, configs
+
+POOL_CONFIGS = configs(
+    [triton.Config({"BLOCK_M": 32, "BLOCK_C": 64}, num_warps=4),
+     triton.Config({"BLOCK_M": 64, "BLOCK_C": 32}, num_warps=4),
+     triton.Config({"BLOCK_M": 16, "BLOCK_C": 128}, num_warps=4)],
+    triton.Config({"BLOCK_M": 32, "BLOCK_C": 32}))
+
+GLOBAL_POOL_CONFIGS = configs(
+    [triton.Config({"BLOCK_HW": 32, "BLOCK_C": 64}, num_warps=4),
+     triton.Config({"BLOCK_HW": 64, "BLOCK_C": 128}, num_warps=8)],
+    triton.Config({"BLOCK_HW": 32, "BLOCK_C": 32}))
+
+
+@triton.autotune(configs=POOL_CONFIGS, restore_value=["out_ptr"],
+                 key=["M", "C", "KH", "KW", "stride_h", "stride_w"])
+@triton.jit
+def pool2d_nhwc_kernel(
+        x_ptr, out_ptr, H, W, C, OH, OW, M, KH, KW,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+        IS_MAX: tl.constexpr, COUNT_INCLUDE_PAD: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_m = offs_m < M
+    mask_c = offs_c < C
+    ow = offs_m % OW
+    oh = (offs_m // OW) % OH
+    n = offs_m // (OW * OH)
+    ih0 = oh * stride_h - pad_h
+    iw0 = ow * stride_w - pad_w
+    x_pix = n.to(tl.int64) * H * W * C
+
+    if IS_MAX:
+        acc = tl.full((BLOCK_M, BLOCK_C), float("-inf"), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    count = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for r in range(KH):
+        ih = ih0 + r * dil_h
+        row_ok = mask_m & (ih >= 0) & (ih < H)
+        for s in range(KW):
+            iw = iw0 + s * dil_w
+            pix_ok = row_ok & (iw >= 0) & (iw < W)
+            ptrs = x_ptr + (x_pix + (ih * W + iw) * C)[:, None] + offs_c[None, :]
+            mask = pix_ok[:, None] & mask_c[None, :]
+            if IS_MAX:
+                v = tl.load(ptrs, mask=mask, other=float("-inf"))
+                acc = tl.maximum(acc, v.to(tl.float32))
+            else:
+                v = tl.load(ptrs, mask=mask, other=0.0)
+                acc += v.to(tl.float32)
+                count += pix_ok.to(tl.float32)
+
+    if not IS_MAX:
+        if COUNT_INCLUDE_PAD:
+            acc = acc / (KH * KW)
+        else:
+            acc = acc / tl.maximum(count, 1.0)[:, None]
+    out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * C + offs_c[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_c[None, :])
+
+
+@triton.autotune(configs=GLOBAL_POOL_CONFIGS, restore_value=["out_ptr"], key=["HW", "C"])
+@triton.jit
+def global_avg_pool_nhwc_kernel(x_ptr, out_ptr, HW, C,
+                                BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[n, c] = mean over the HW pixels of image n; one program per (n, channel block)."""
+    n = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_p = tl.arange(0, BLOCK_HW)
+    mask_c = offs_c < C
+    base = x_ptr + n.to(tl.int64) * HW * C
+    acc = tl.zeros((BLOCK_HW, BLOCK_C), dtype=tl.float32)
+    for p0 in range(0, HW, BLOCK_HW):
+        p = p0 + offs_p
+        v = tl.load(base + p[:, None] * C + offs_c[None, :],
+                    mask=(p < HW)[:, None] & mask_c[None, :], other=0.0)
+        acc += v.to(tl.float32)
+    mean = tl.sum(acc, axis=0) / HW
+    tl.store(out_ptr + n * C + offs_c, mean.to(out_ptr.dtype.element_ty), mask=mask_c)
+
+
+# -- host side -------------------------------------------------------------------------------
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return v, v
+    a, b = v
+    return int(a), int(b)
+
+
+def _pool2d(x, out, kernel, stride, padding, dilation, is_max, count_include_pad, what):
+    check_tensor(x, f"{what} x")
+    if x.dim() != 4:
+        raise ValueError(f"{what}: x must be NHWC [N, H, W, C], got shape {tuple(x.shape)}")
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw) = _pair(kernel), _pair(stride)
+    (ph, pw), (dh, dw) = _pair(padding), _pair(dilation)
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if min(kh, kw, sh, sw, dh, dw) < 1 or min(ph, pw) < 0 or 2 * ph > kh or 2 * pw > kw \
+            or oh < 1 or ow < 1:
+        raise ValueError(f"{what}: window {(kh, kw)}, stride {(sh, sw)}, padding {(ph, pw)}, "
+                         f"dilation {(dh, dw)} is invalid for a {h}x{w} input")
+    if out is None:
+        out = torch.empty((n, oh, ow, c), dtype=x.dtype, device=x.device)
+    check_tensor(out, f"{what} out", shape=(n, oh, ow, c), dtype=x.dtype, device=x.device)
+    check_no_overlap(out, what, x=x)
+    m = n * oh * ow
+
+    def grid(meta):
+        return triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_C"])
+    pool2d_nhwc_kernel[grid](x, out, h, w, c, oh, ow, m, kh, kw, sh, sw, ph, pw, dh, dw,
+                             IS_MAX=is_max, COUNT_INCLUDE_PAD=bool(count_include_pad),
+                             **LAUNCH_OPTIONS)
+    return out
+
+
+def max_pool2d_nhwc(x: torch.Tensor, kernel, stride=None, padding=0, dilation=1,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """torch.nn.functional.max_pool2d on x [N, H, W, C]; stride defaults to the kernel."""
+    return _pool2d(x, out, kernel, kernel if stride is None else stride, padding, dilation,
+                   True, False, "max_pool2d")
+
+
+def avg_pool2d_nhwc(x: torch.Tensor, kernel, stride=None, padding=0,
+                    count_include_pad: bool = True,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """torch.nn.functional.avg_pool2d on x [N, H, W, C]; stride defaults to the kernel."""
+    return _pool2d(x, out, kernel, kernel if stride is None else stride, padding, 1, False,
+                   count_include_pad, "avg_pool2d")
+
+
+def global_avg_pool_nhwc(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over H and W of x [N, H, W, C] -> out [N, C]."""
+    check_tensor(x, "global_avg_pool x")
+    if x.dim() != 4:
+        raise ValueError(f"global_avg_pool: x must be NHWC [N, H, W, C], got {tuple(x.shape)}")
+    n, h, w, c = x.shape
+    if out is None:
+        out = torch.empty((n, c), dtype=x.dtype, device=x.device)
+    check_tensor(out, "global_avg_pool out", shape=(n, c), dtype=x.dtype, device=x.device)
+    check_no_overlap(out, "global_avg_pool", x=x)
+
+    def grid(meta):
+        return n, triton.cdiv(c, meta["BLOCK_C"])
+    global_avg_pool_nhwc_kernel[grid](x, out, h * w, c, **LAUNCH_OPTIONS)
+    return out
