@@ -21,7 +21,6 @@ milliseconds it returns include rasterising).
 from __future__ import annotations
 
 import base64
-import colorsys
 import html
 import json
 import mimetypes
@@ -35,14 +34,10 @@ MAX_EDGES = 20000          # heaviest edges drawn in the view
 
 
 def layer_colours(n: int) -> list[str]:
-    """n distinct colours, consecutive layers far apart in hue (golden-angle steps)."""
-    out = []
-    for i in range(n):
-        h = (i * 137.508 / 360.0 + 0.08) % 1.0
-        light = (0.58, 0.70, 0.46)[i % 3]
-        r, g, b = colorsys.hls_to_rgb(h, light, 0.72)
-        out.append("#%02x%02x%02x" % (round(r * 255), round(g * 255), round(b * 255)))
-    return out
+    """The layer colours of graph.png (draw.layer_colors), as CSS hex: one palette for both."""
+    from .draw import layer_colors
+    return ["#%02x%02x%02x" % tuple(round(c * 255) for c in rgba[:3])
+            for rgba in layer_colors(n)]
 
 
 def _int_array(a: np.ndarray) -> tuple[np.ndarray, str]:
@@ -595,6 +590,7 @@ def write_report(vg: VizGraph, positions, path, pictures=None, title=None,
     if pos.shape != (V, 2):
         raise ValueError(f"positions must be [{V}, 2] (one row per vertex), got {pos.shape}")
     pos = np.where(np.isfinite(pos), pos, 0.0)
+    pos[:, 1] = -pos[:, 1]                   # canvas y grows downwards; graph.png's upwards
     if V:
         pos = pos - pos.min(axis=0)          # float32 keeps the detail of far-off layouts
     info = plan.to_json()
