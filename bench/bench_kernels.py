@@ -25,20 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import ipugraph as ig  # noqa: E402
 from ipugraph import _C  # noqa: E402
 
-# (name, H, W, C, K, R, S, stride, pad, occurrences in ResNet-34)
-SHAPES = [
-    ("conv1 7x7/2", 224, 224, 3, 64, 7, 7, 2, 3, 1),
-    ("l1 3x3 64", 56, 56, 64, 64, 3, 3, 1, 1, 6),
-    ("l2 3x3/2 64-128", 56, 56, 64, 128, 3, 3, 2, 1, 1),
-    ("l2 1x1/2 64-128", 56, 56, 64, 128, 1, 1, 2, 0, 1),
-    ("l2 3x3 128", 28, 28, 128, 128, 3, 3, 1, 1, 7),
-    ("l3 3x3/2 128-256", 28, 28, 128, 256, 3, 3, 2, 1, 1),
-    ("l3 1x1/2 128-256", 28, 28, 128, 256, 1, 1, 2, 0, 1),
-    ("l3 3x3 256", 14, 14, 256, 256, 3, 3, 1, 1, 11),
-    ("l4 3x3/2 256-512", 14, 14, 256, 512, 3, 3, 2, 1, 1),
-    ("l4 1x1/2 256-512", 14, 14, 256, 512, 1, 1, 2, 0, 1),
-    ("l4 3x3 512", 7, 7, 512, 512, 3, 3, 1, 1, 5),
-]
+from resnet34_shapes import SHAPES  # noqa: E402  (bench/ is on sys.path)
 
 
 def vertex_table(N, K, OH, OW, target):

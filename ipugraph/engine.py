@@ -60,7 +60,8 @@ class Engine:
         return checked
 
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
-        """Run once; returns {output name: array} (fresh arrays, safe to keep)."""
+        """Run once; returns {output name: array}: fresh NumPy arrays, safe to keep (a backend
+        that takes torch tensors, e.g. triton, returns device tensors for torch feeds)."""
         return self._exe.run(self.check_feeds(feeds))
 
     __call__ = run

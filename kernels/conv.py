@@ -57,7 +57,8 @@ GATHER_BELOW_CHANNELS = 32
 
 
 @triton.autotune(configs=CONV_CONFIGS, restore_value=["out_ptr"],
-                 key=["M", "KG", "CG", "R", "S", "stride_h", "stride_w", "GATHER_K"])
+                 key=["M", "KG", "CG", "R", "S", "stride_h", "stride_w", "GATHER_K",
+                      "INPUT_PRECISION"])
 @triton.jit
 def conv2d_nhwc_kernel(
         x_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,

@@ -33,7 +33,8 @@ MATMUL_CONFIGS = configs(
     triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 4}))
 
 
-@triton.autotune(configs=MATMUL_CONFIGS, restore_value=["out_ptr"], key=["M", "N", "K"])
+@triton.autotune(configs=MATMUL_CONFIGS, restore_value=["out_ptr"],
+                 key=["M", "N", "K", "INPUT_PRECISION"])
 @triton.jit
 def matmul_kernel(
         a_ptr, b_ptr, bias_ptr, res_ptr, out_ptr,
