@@ -147,7 +147,8 @@ def cmd_info(args) -> int:
 
 # -- plan -------------------------------------------------------------------------------------
 
-def cmd_plan(args) -> int:
+def plan_model(args):
+    """Build args.model for args.target and plan it, with progress: (graph, plan)."""
     from .planner import PlanError, plan
     from .target import Target
     target = Target.from_name(args.target)
@@ -160,6 +161,11 @@ def cmd_plan(args) -> int:
     except PlanError as e:
         raise UsageError(str(e)) from None
     progress(f"planned in {time.perf_counter() - start:.2f} s")
+    return graph, p
+
+
+def cmd_plan(args) -> int:
+    graph, p = plan_model(args)
     print(f"{args.model}: batch {args.batch}, {_size_text(args.image_size)}, "
           f"{graph.num_params():,} parameters, {graph.macs() / 1e9:.3f} GMAC per run")
     print(p.summary())
@@ -169,22 +175,13 @@ def cmd_plan(args) -> int:
 
 
 def cmd_dump(args) -> int:
-    from .planner import PlanError, plan
-    from .target import Target
     from .viz import dump
-    target = Target.from_name(args.target)
-    progress(f"building {args.model} (batch {args.batch}, {_size_text(args.image_size)})")
-    graph = build_model(args.model, args.batch, args.image_size, target=target)
-    progress(f"planning over {target.tiles} tiles of {target.name}")
     start = time.perf_counter()
-    try:
-        p = plan(graph, target)
-    except PlanError as e:
-        raise UsageError(str(e)) from None
-    progress(f"planned in {time.perf_counter() - start:.2f} s")
+    graph, p = plan_model(args)
+    target = p.target
     manifest = dump(p, args.out, level=args.level, color=args.color, frames=args.frames,
                     progress=progress)
-    manifest["seconds"] = {"plan": round(time.perf_counter() - start
+    manifest["seconds"] = {"build and plan": round(time.perf_counter() - start
                                          - manifest["total_seconds"], 3), **manifest["seconds"]}
     print(f"{args.model} on {target.name}, batch {args.batch}: {manifest['vertices']:,} vertices, "
           f"{manifest['edges']:,} edges -> {args.out}")

@@ -163,8 +163,8 @@ def evaluate(index: int, group: Group, space, part: Partition, repeats: int, tar
     red_comp = np.zeros(repeats * T)
     reduce_vertices = reduce_tiles = None
     if P > 1:
-        keep_cols = [c for i in range(len(part.dims)) if i not in p_cols
-                     for c in (2 * i, 2 * i + 1)]
+        keep_dims = [i for i in range(len(part.dims)) if i not in p_cols]
+        keep_cols = [c for i in keep_dims for c in (2 * i, 2 * i + 1)]
         keys = np.concatenate([rep[:, None], table[:, keep_cols]], axis=1)
         _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
         inverse = inverse.reshape(-1)
@@ -174,9 +174,8 @@ def evaluate(index: int, group: Group, space, part: Partition, repeats: int, tar
         red_slot = slot[first]
         elems = np.prod(red_table[:, 1::2] - red_table[:, 0::2], axis=1).astype(np.float64)
         # Each vertex holds its partial slab; the reducing tile receives the others' slabs.
-        temp += np.bincount(slot, weights=np.prod(sizes[:, [i for i in range(len(part.dims))
-                                                            if i not in p_cols]], axis=1)
-                            * 4.0, minlength=repeats * T)
+        temp += np.bincount(slot, weights=np.prod(sizes[:, keep_dims], axis=1) * 4.0,
+                            minlength=repeats * T)
         slab_bytes = (contributors - 1) * elems * 4.0
         red_received += np.bincount(red_slot, weights=slab_bytes, minlength=repeats * T)
         temp += red_received
