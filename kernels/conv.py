@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from .epilogue import LAUNCH_OPTIONS, check_epilogue, check_no_overlap, check_tensor, \
-    configs, dot_in_fp32, input_precision, store_epilogue
+    configs, decode_pixels, dot_in_fp32, input_precision, store_epilogue
 from .matmul import matmul
 
 CONV_CONFIGS = configs(
@@ -77,12 +77,8 @@ def conv2d_nhwc_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
     mask_n = offs_n < KG
-    ow = offs_m % OW
-    oh = (offs_m // OW) % OH
-    n = offs_m // (OW * OH)
-    ih0 = oh * stride_h - pad_h
-    iw0 = ow * stride_w - pad_w
-    x_pix = n.to(tl.int64) * H * W * C + g * CG          # x[n, 0, 0, g·Cg]
+    ih0, iw0, x_pix = decode_pixels(offs_m, H, W, C, OH, OW, stride_h, stride_w, pad_h, pad_w)
+    x_pix += g * CG                                     # x[n, 0, 0, g·Cg]
     RSC = R * S * CG
     w_group = w_ptr + g.to(tl.int64) * RSC * KG
 
@@ -148,12 +144,7 @@ def conv2d_depthwise_nhwc_kernel(
     offs_k = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_m = offs_m < M
     mask_k = offs_k < K
-    ow = offs_m % OW
-    oh = (offs_m // OW) % OH
-    n = offs_m // (OW * OH)
-    ih0 = oh * stride_h - pad_h
-    iw0 = ow * stride_w - pad_w
-    x_pix = n.to(tl.int64) * H * W * C
+    ih0, iw0, x_pix = decode_pixels(offs_m, H, W, C, OH, OW, stride_h, stride_w, pad_h, pad_w)
     group = offs_k // KG                               # the input channel of output channel k
     # Packed weights [G, R·S, Kg]: w[k, r, s] at group·R·S·Kg + (r·S + s)·Kg + k % Kg.
     w_k = group * (R * S * KG) + offs_k % KG

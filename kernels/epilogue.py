@@ -58,6 +58,16 @@ def dot_in_fp32(dtype) -> bool:
 
 
 @triton.jit
+def decode_pixels(offs_m, H, W, C, OH, OW, stride_h, stride_w, pad_h, pad_w):
+    """Output pixels m of an NHWC [N, OH, OW] field: the top-left input row/column of each
+    pixel's window (before dilation) and the int64 offset of its image x[n, 0, 0, 0]."""
+    ow = offs_m % OW
+    oh = (offs_m // OW) % OH
+    n = offs_m // (OW * OH)
+    return oh * stride_h - pad_h, ow * stride_w - pad_w, n.to(tl.int64) * H * W * C
+
+
+@triton.jit
 def store_epilogue(acc, offs_m, offs_n, mask_m, mask_n, bias_ptr, res_ptr, stride_res_m,
                    out_ptr, stride_out_m,
                    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr):

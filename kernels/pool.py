@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .epilogue import LAUNCH_OPTIONS, check_no_overlap, check_tensor, configs
+from .epilogue import LAUNCH_OPTIONS, check_no_overlap, check_tensor, configs, decode_pixels
 
 POOL_CONFIGS = configs(
     [triton.Config({"BLOCK_M": 32, "BLOCK_C": 64}, num_warps=4),
@@ -48,12 +48,7 @@ def pool2d_nhwc_kernel(
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_m = offs_m < M
     mask_c = offs_c < C
-    ow = offs_m % OW
-    oh = (offs_m // OW) % OH
-    n = offs_m // (OW * OH)
-    ih0 = oh * stride_h - pad_h
-    iw0 = ow * stride_w - pad_w
-    x_pix = n.to(tl.int64) * H * W * C
+    ih0, iw0, x_pix = decode_pixels(offs_m, H, W, C, OH, OW, stride_h, stride_w, pad_h, pad_w)
 
     if IS_MAX:
         acc = tl.full((BLOCK_M, BLOCK_C), float("-inf"), dtype=tl.float32)

@@ -47,6 +47,7 @@ def dump(plan, out_dir: str, *, level: str = "auto", color: str = "layer",
     vg = timed("vertex graph", lambda: build(plan))
     say(f"{vg.num_vertices:,} vertices, {vg.num_edges:,} edges")
     timed("graph.json", lambda: schema.write_graph_json(vg, path("graph.json")), path("graph.json"))
+    level = exports.resolve_level(vg, level)             # once, not in each of the writers
     timed("graph.gexf", lambda: exports.write_gexf(vg, path("graph.gexf"), level=level),
           path("graph.gexf"))
     timed("graph.graphml", lambda: exports.write_graphml(vg, path("graph.graphml"), level=level),

@@ -188,6 +188,12 @@ def _attr(s: str) -> str:
     return escape(s, {'"': "&quot;", "\n": "&#10;", "\t": "&#9;"})
 
 
+def _edge_rows(agg: Aggregate) -> list[tuple[int, int, int, int]]:
+    """(source, target, bytes, crosses exchange 0/1) per edge, as Python ints for formatting."""
+    return list(zip(agg.src.tolist(), agg.dst.tolist(), agg.edge_bytes.tolist(),
+                    agg.crosses_exchange.astype(np.int64).tolist()))
+
+
 def _write_rows(f, rows_fn, n: int) -> None:
     for start in range(0, n, CHUNK):
         f.write("".join(rows_fn(start, min(n, start + CHUNK))))
@@ -208,10 +214,8 @@ def write_gexf(vg: VizGraph, path, level: str = "auto") -> str:
     names = [a[0] for a in NODE_ATTRS]
     cols = [_column_text(agg, n, _attr) for n in names]
     labels = [_attr(s) for s in agg.labels()]
-    src, dst = agg.src.tolist(), agg.dst.tolist()
-    eb = agg.edge_bytes.tolist()
+    edge_rows = _edge_rows(agg)
     tf = ("false", "true")
-    cross = agg.crosses_exchange.astype(np.int64).tolist()
 
     def nodes(a, b):
         out = []
@@ -225,7 +229,7 @@ def write_gexf(vg: VizGraph, path, level: str = "auto") -> str:
         # Edge ids are optional in GEXF 1.3; leaving them out keeps the file smaller.
         return [f'<edge source="{s}" target="{d}"><attvalues><attvalue for="0" value="{w}"/>'
                 f'<attvalue for="1" value="{tf[x]}"/></attvalues></edge>\n'
-                for s, d, w, x in zip(src[a:b], dst[a:b], eb[a:b], cross[a:b])]
+                for s, d, w, x in edge_rows[a:b]]
 
     with open(path, "w", encoding="utf-8") as f:
         f.write('<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -258,10 +262,8 @@ def write_graphml(vg: VizGraph, path, level: str = "auto") -> str:
     names = [a[0] for a in NODE_ATTRS]
     cols = [_column_text(agg, n, escape) for n in names]
     labels = [escape(s) for s in agg.labels()]
-    src, dst = agg.src.tolist(), agg.dst.tolist()
-    eb = agg.edge_bytes.tolist()
+    edge_rows = _edge_rows(agg)
     tf = ("false", "true")
-    cross = agg.crosses_exchange.astype(np.int64).tolist()
 
     def nodes(a, b):
         out = []
@@ -273,7 +275,7 @@ def write_graphml(vg: VizGraph, path, level: str = "auto") -> str:
     def edges(a, b):
         return [f'<edge source="{s}" target="{d}"><data key="e0">{w}</data>'
                 f'<data key="e1">{tf[x]}</data></edge>\n'
-                for s, d, w, x in zip(src[a:b], dst[a:b], eb[a:b], cross[a:b])]
+                for s, d, w, x in edge_rows[a:b]]
 
     with open(path, "w", encoding="utf-8") as f:
         f.write('<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -318,9 +320,7 @@ def write_dot(vg: VizGraph, path, level: str = "auto") -> str:
     cols = [_column_text(agg, n, _dot_str) if n in ("op", "layer", "codelet")
             else quote_numbers(_column_text(agg, n, _dot_str)) for n in names]
     labels = [_dot_str(s) for s in agg.labels()]
-    src, dst = agg.src.tolist(), agg.dst.tolist()
-    eb = agg.edge_bytes.tolist()
-    cross = agg.crosses_exchange.astype(np.int64).tolist()
+    edge_rows = _edge_rows(agg)
     tails = (" [bytes={}, crosses_exchange=false];\n", " [bytes={}, crosses_exchange=true, "
              "color=red];\n")
     order = np.argsort(agg.layer, kind="stable")
@@ -333,7 +333,7 @@ def write_dot(vg: VizGraph, path, level: str = "auto") -> str:
 
     def edges(a, b):
         return [f'"{s}" -> "{d}"' + tails[x].format(w)
-                for s, d, w, x in zip(src[a:b], dst[a:b], eb[a:b], cross[a:b])]
+                for s, d, w, x in edge_rows[a:b]]
 
     with open(path, "w", encoding="utf-8") as f:
         f.write(f"digraph {_dot_str(agg.graph)} {{\n"
