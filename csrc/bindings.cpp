@@ -6,6 +6,9 @@ void register_conv(py::module& m);
 void register_matmul(py::module& m);
 void register_pool(py::module& m);
 void register_elementwise(py::module& m);
+void register_conv_grad(py::module& m);
+void register_train(py::module& m);
+void register_optim(py::module& m);
 }  // namespace ipugraph
 
 PYBIND11_MODULE(_C, m) {
@@ -27,5 +30,8 @@ PYBIND11_MODULE(_C, m) {
   ipugraph::register_matmul(m);
   ipugraph::register_pool(m);
   ipugraph::register_elementwise(m);
+  ipugraph::register_conv_grad(m);
+  ipugraph::register_train(m);
+  ipugraph::register_optim(m);
   m.def("num_threads", &ipugraph::max_threads, "OpenMP threads the codelets run on.");
 }

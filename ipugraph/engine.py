@@ -61,8 +61,13 @@ class Engine:
 
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
         """Run once; returns {output name: array}: fresh NumPy arrays, safe to keep (a backend
-        that takes torch tensors, e.g. triton, returns device tensors for torch feeds)."""
-        return self._exe.run(self.check_feeds(feeds))
+        that takes torch tensors, e.g. triton, returns device tensors for torch feeds). Then
+        the graph's assigned values (optimizer steps, running statistics) are written into
+        their variables, for the next run and for the caller to read."""
+        out = self._exe.run(self.check_feeds(feeds))
+        for name, t in self.graph.updates.items():
+            self.graph.variables[name].value = self._exe.read(t)
+        return out
 
     __call__ = run
 
@@ -75,7 +80,7 @@ def compile(graph: Graph, backend: str = "cpu", plan: Plan | None = None, target
             fuse: bool = True, **options) -> Engine:
     """Plan `graph` (unless given a plan), lower it and build an executable on `backend`."""
     from .backends import get_backend
-    if not graph.outputs:
+    if not graph.outputs and not graph.updates:
         raise GraphError(f"graph '{graph.name}' has no outputs: mark one with g.output(name, t)")
     if plan is None:
         plan = make_plan(graph, target, fuse=fuse)

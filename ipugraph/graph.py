@@ -128,6 +128,7 @@ class Node:
         self.scope = scope
         self.outputs: tuple[Tensor, ...] = ()
         self.index = -1                     # position in graph.nodes
+        self.phase = "forward"              # "backward" (ig.grad) or "update" (ig.optim)
 
     @property
     def output(self) -> Tensor:
@@ -159,6 +160,7 @@ class Graph:
         self.inputs: dict[str, Tensor] = {}
         self.variables: dict[str, Tensor] = {}
         self.outputs: dict[str, Tensor] = {}
+        self.updates: dict[str, Tensor] = {}    # variable name -> its new value (assign())
         self._scopes: list[str] = []
         self._counters: dict[str, int] = {}
         self._values_version = 0            # bumped when any variable value changes
@@ -242,6 +244,30 @@ class Graph:
             raise GraphError(f"output name '{name}' is already the name of another tensor")
         self.outputs[name] = tensor
         return tensor
+
+    def assign(self, variable: Tensor, value: Tensor) -> None:
+        """Write `value` into `variable` at the end of every run (an in-place update: an
+        optimizer step, a running statistic). Every op of the run reads the old value; the
+        next run reads the new one."""
+        self._check_owned(variable, "assign: variable")
+        self._check_owned(value, f"assign to '{variable.name}': value")
+        if variable.kind != "variable":
+            raise GraphError(f"assign: '{variable.name}' is {variable.kind}, not a variable")
+        if (value.shape, value.dtype) != (variable.shape, variable.dtype):
+            raise GraphError(f"assign: value '{value.name}' {value.shape} {value.dtype} does not "
+                             f"match variable '{variable.name}' {variable.shape} "
+                             f"{variable.dtype}")
+        if value.kind != "op":
+            raise GraphError(f"assign to '{variable.name}': the value must be computed by an op, "
+                             f"got {value.kind} '{value.name}'")
+        if variable.name in self.updates:
+            raise GraphError(f"assign: variable '{variable.name}' is already updated by "
+                             f"'{self.updates[variable.name].name}'")
+        self.updates[variable.name] = value
+
+    def kept(self) -> set[str]:
+        """Names of the tensors a run must keep to its end: outputs and assigned values."""
+        return {t.name for t in self.outputs.values()} | {t.name for t in self.updates.values()}
 
     # -- ops ---------------------------------------------------------------------------
     def _check_owned(self, tensor: Any, what: str) -> None:

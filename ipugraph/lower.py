@@ -119,7 +119,7 @@ def lower(plan: Plan) -> Program:
 
 def _assign_buffers(program: Program) -> None:
     graph = program.graph
-    outputs = {t.name for t in graph.outputs.values()}
+    outputs = graph.kept()
     never = len(program.compute_sets)               # graph outputs stay live to the end
     last: dict[str, int] = {}
     for cs in program.compute_sets:

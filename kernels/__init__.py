@@ -17,3 +17,4 @@ from .elementwise import add, channel_affine, fused_elementwise, relu, softmax_r
 __all__ = ["INTERPRET", "matmul", "conv2d_nhwc", "pack_weight", "avg_pool2d_nhwc",
            "global_avg_pool_nhwc", "max_pool2d_nhwc", "add", "channel_affine",
            "fused_elementwise", "relu", "softmax_rows"]
+from . import conv_grad, train  # noqa: E402,F401  (training codelets: kernels.conv_grad.*, kernels.train.*)

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..graph import GraphError, Tensor
+from ..graph import DTYPES, GraphError, Tensor
 from ..ops.norm import bn_scale_shift
 from .registry import backend, lowering, lowering_for
 
@@ -93,14 +93,16 @@ class CpuExecutable:
         self.program = program
         graph = program.graph
         for t in graph.tensors.values():
-            if t.dtype != "float32" and t.kind != "constant":
+            if t.dtype != "float32" and t.kind != "constant" and not (
+                    t.kind == "input" and t.dtype in ("int64", "int32")):
                 raise GraphError(f"cpu backend: tensor '{t.name}' is {t.dtype}; the CPU kernels "
-                                 "are float32 (use backend='reference' for other dtypes)")
+                                 "are float32, with integer inputs for class labels (use "
+                                 "backend='reference' for other dtypes)")
         self.buffers = [np.empty(nbytes // 4, dtype=np.float32)
                         for nbytes in program.buffer_bytes]
         self._storage: dict[str, np.ndarray] = {}
         for name, t in graph.inputs.items():
-            self._storage[name] = np.empty(storage_shape(t), dtype=np.float32)
+            self._storage[name] = np.empty(storage_shape(t), dtype=DTYPES[t.dtype])
         for cs in program.compute_sets:
             t = cs.output
             buf = self.buffers[program.buffer_of[t.name]]
@@ -142,8 +144,11 @@ class CpuExecutable:
                 k.prepare()
             k.run()
         # Copies: the buffers are reused by the next run, the caller's arrays must not be.
-        return {name: np.array(to_logical(t, self.storage(t)), order="C", copy=True)
-                for name, t in graph.outputs.items()}
+        return {name: self.read(t) for name, t in graph.outputs.items()}
+
+    def read(self, t: Tensor) -> np.ndarray:
+        """A fresh logical-layout copy of tensor t's value from the last run."""
+        return np.array(to_logical(t, self.storage(t)), order="C", copy=True)
 
 
 @backend("cpu")
@@ -539,3 +544,7 @@ def flatten_cpu(ctx, cs) -> Kernel:
     logical = to_logical(x_t, x)
     dst = out.reshape(x_t.shape)
     return Kernel(node.name, lambda: np.copyto(dst, logical))
+
+
+# Lowerings of the training ops live in their own modules; importing them registers them.
+from . import cpu_conv_grad, cpu_optim, cpu_train  # noqa: E402,F401

@@ -36,8 +36,12 @@ class ReferenceExecutable:
                 results = result if isinstance(result, tuple) else (result,)
                 for t, value in zip(node.outputs, results):
                     env[t.name] = value
-        return {name: np.asarray(env[t.name]).astype(DTYPES[t.dtype])
-                for name, t in graph.outputs.items()}
+        self._env = env
+        return {name: self.read(t) for name, t in graph.outputs.items()}
+
+    def read(self, t) -> np.ndarray:
+        """The last run's value of tensor t, in its declared dtype."""
+        return np.asarray(self._env[t.name]).astype(DTYPES[t.dtype])
 
 
 @backend("reference")

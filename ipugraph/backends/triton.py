@@ -284,6 +284,11 @@ class TritonExecutable:
         return {name: o.clone(memory_format=torch.contiguous_format)
                 for name, o in outputs.items()}
 
+    def read(self, t: Tensor) -> np.ndarray:
+        """Tensor t's value from the last run, copied to a host NumPy array."""
+        return np.array(to_logical(t, self.storage(t)).contiguous().cpu().numpy(), order="C",
+                        copy=True)
+
 
 @backend("triton")
 def make_triton(program, **options) -> TritonExecutable:
@@ -540,3 +545,7 @@ def flatten_triton(ctx, cs) -> Kernel:
     logical = to_logical(x_t, ctx.storage(x_t))
     dst = ctx.storage(node.output).view(x_t.shape)
     return Kernel(node.name, lambda: dst.copy_(logical))
+
+
+# Lowerings of the training ops live in their own modules; importing them registers them.
+from . import triton_conv_grad, triton_train  # noqa: E402,F401

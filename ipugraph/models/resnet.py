@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import init, ops
 from ..graph import Graph, Tensor
+from ..ops.norm import running_stat_update_op
 from ..target import Target
 
 # The five stride-2 steps (kernel, padding): conv1, maxpool, and the first block of layers 2-4
@@ -27,6 +28,7 @@ from ..target import Target
 STRIDE2_STEPS = (("conv1", 7, 3), ("maxpool", 3, 1), ("layer2", 3, 1), ("layer3", 3, 1),
                  ("layer4", 3, 1))
 BN_EPS = 1e-5
+BN_MOMENTUM = 0.1            # torch.nn.BatchNorm2d's default
 
 # name -> (block kind, blocks per stage)
 CONFIGS = {
@@ -50,9 +52,10 @@ class _Builder:
     makes the variable "layer2.0.conv1.weight" and the node "layer2.0.conv1": torchvision's
     module path, for state_dict keys and node names alike."""
 
-    def __init__(self, g: Graph, seed: int):
+    def __init__(self, g: Graph, seed: int, training: bool = False):
         self.g = g
         self.seed = seed
+        self.training = training
 
     def path(self, local: str) -> str:
         scope = self.g.current_scope
@@ -68,13 +71,24 @@ class _Builder:
         return ops.conv2d(x, w, stride=stride, padding=padding, name=local)
 
     def bn(self, x: Tensor, local: str) -> Tensor:
-        """Inference batch norm: weight 1, bias 0, running mean 0, running var 1 (buffers)."""
+        """Batch norm: weight 1, bias 0, running mean 0, running var 1 (buffers). Inference
+        form normalises with the running statistics; training form (torch's train()) with the
+        batch's, and updates the running ones in place (momentum 0.1, unbiased variance)."""
         c, prefix, g = (x.shape[1],), self.path(local), self.g
         gamma = g.variable(f"{prefix}.weight", c, init=init.ones())
         beta = g.variable(f"{prefix}.bias", c, init=init.zeros())
         mean = g.variable(f"{prefix}.running_mean", c, init=init.zeros(), trainable=False)
         var = g.variable(f"{prefix}.running_var", c, init=init.ones(), trainable=False)
-        return ops.batch_norm(x, gamma, beta, mean, var, eps=BN_EPS, name=local)
+        if not self.training:
+            return ops.batch_norm(x, gamma, beta, mean, var, eps=BN_EPS, name=local)
+        y, stats = ops.batch_norm_train(x, gamma, beta, eps=BN_EPS, name=local)
+        count = x.size // x.shape[1]
+        for row, (running, what) in enumerate(((mean, "mean"), (var, "var"))):
+            new = running_stat_update_op(running, stats, row=row, momentum=BN_MOMENTUM,
+                                         count=count, name=f"{local}.update_running_{what}")
+            new.node.phase = "update"
+            g.assign(running, new)
+        return y
 
     def block(self, kind: str, x: Tensor, width: int, stride: int) -> Tensor:
         """One BasicBlock or Bottleneck, built inside its module's scope (e.g. layer2 / 0)."""
@@ -139,9 +153,12 @@ def _positive_int(value, what: str) -> int:
 
 
 def resnet(arch: str, batch: int = 8, image_size=224, num_classes: int = 1000, seed: int = 0,
-           target: Target | None = None, name: str | None = None) -> Graph:
+           target: Target | None = None, name: str | None = None,
+           training: bool = False) -> Graph:
     """Build `arch` (resnet18 / resnet34 / resnet50) with input "x" [batch, 3, H, W] (float32)
-    and output "logits" [batch, num_classes]."""
+    and output "logits" [batch, num_classes]. training=True builds batch norm in training form
+    (batch statistics; running statistics updated in place each run), ready for
+    ipugraph.training.add_training (loss, gradients, optimizer)."""
     if arch not in CONFIGS:
         raise ValueError(f"unknown ResNet '{arch}'; choose from {sorted(CONFIGS)}")
     batch = _positive_int(batch, f"{arch}: batch")
@@ -152,7 +169,7 @@ def resnet(arch: str, batch: int = 8, image_size=224, num_classes: int = 1000, s
     kind, blocks = CONFIGS[arch]
 
     g = Graph(target, name=name or arch)
-    b = _Builder(g, int(seed))
+    b = _Builder(g, int(seed), bool(training))
     x = g.input("x", (batch, 3, h, w))
     y = ops.relu(b.bn(b.conv(x, "conv1", 64, 7, stride=2, padding=3), "bn1"), name="relu")
     y = ops.max_pool2d(y, kernel=3, stride=2, padding=1, name="maxpool")
@@ -173,21 +190,24 @@ def resnet(arch: str, batch: int = 8, image_size=224, num_classes: int = 1000, s
 
 
 def resnet18(batch: int = 8, image_size=224, num_classes: int = 1000, seed: int = 0,
-             target: Target | None = None, name: str | None = None) -> Graph:
+             target: Target | None = None, name: str | None = None,
+             training: bool = False) -> Graph:
     """ResNet-18: BasicBlocks [2, 2, 2, 2]; 11,689,512 parameters at 1000 classes."""
-    return resnet("resnet18", batch, image_size, num_classes, seed, target, name)
+    return resnet("resnet18", batch, image_size, num_classes, seed, target, name, training)
 
 
 def resnet34(batch: int = 8, image_size=224, num_classes: int = 1000, seed: int = 0,
-             target: Target | None = None, name: str | None = None) -> Graph:
+             target: Target | None = None, name: str | None = None,
+             training: bool = False) -> Graph:
     """ResNet-34: BasicBlocks [3, 4, 6, 3]; 21,797,672 parameters, 3.66 GMAC per 224² image."""
-    return resnet("resnet34", batch, image_size, num_classes, seed, target, name)
+    return resnet("resnet34", batch, image_size, num_classes, seed, target, name, training)
 
 
 def resnet50(batch: int = 8, image_size=224, num_classes: int = 1000, seed: int = 0,
-             target: Target | None = None, name: str | None = None) -> Graph:
+             target: Target | None = None, name: str | None = None,
+             training: bool = False) -> Graph:
     """ResNet-50 v1.5: Bottlenecks [3, 4, 6, 3]; 25,557,032 parameters."""
-    return resnet("resnet50", batch, image_size, num_classes, seed, target, name)
+    return resnet("resnet50", batch, image_size, num_classes, seed, target, name, training)
 
 
 MODELS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}

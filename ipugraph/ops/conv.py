@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Tensor
-from .registry import Cost, Dim, Space, defop, expect_float, expect_rank, fail, pair
+from .registry import (Cost, Dim, Space, defop, expect_float, expect_rank, fail, grad_name,
+                       pair)
 
 
 def conv_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
@@ -142,3 +143,216 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
                  dilation=pair(dilation, "dilation", "conv2d", node), groups=groups)
     inputs = (x, weight) if bias is None else (x, weight, bias)
     return conv2d_op(*inputs, name=name, **attrs)
+
+
+# -- backward ---------------------------------------------------------------------------------
+
+def _conv_geometry(attrs):
+    return attrs["stride"], attrs["padding"], attrs["dilation"], attrs["groups"]
+
+
+def _bwd_data_infer(node, inputs, attrs):
+    op = "conv2d_backward_data"
+    dy, w = inputs
+    expect_rank(op, node, "dy", dy, (4,))
+    expect_rank(op, node, "weight", w, (4,))
+    dtype = expect_float(op, node, dy=dy, weight=w)
+    (sh, sw), (ph, pw), (dh, dw), groups = _conv_geometry(attrs)
+    h, wd = attrs["input_size"]
+    k, cg, r, s = w.shape
+    if dy.shape[1] != k or k % groups:
+        raise fail(op, node, f"dy has {dy.shape[1]} channels, the weight has {k} out-channels "
+                   f"(groups={groups})", dy=dy, weight=w)
+    if (conv_out_size(h, r, sh, ph, dh), conv_out_size(wd, s, sw, pw, dw)) != dy.shape[2:]:
+        raise fail(op, node, f"input_size {(h, wd)} does not give dy's {dy.shape[2:]} output "
+                   "under this stride/padding/dilation", dy=dy, weight=w)
+    return [((dy.shape[0], cg * groups, h, wd), dtype)]
+
+
+def _bwd_weight_infer(node, inputs, attrs):
+    op = "conv2d_backward_weight"
+    x, dy = inputs
+    expect_rank(op, node, "x", x, (4,))
+    expect_rank(op, node, "dy", dy, (4,))
+    dtype = expect_float(op, node, x=x, dy=dy)
+    (sh, sw), (ph, pw), (dh, dw), groups = _conv_geometry(attrs)
+    r, s = attrs["kernel"]
+    n, c, h, wd = x.shape
+    if dy.shape[0] != n or c % groups or dy.shape[1] % groups:
+        raise fail(op, node, f"x and dy must share the batch and have channels divisible by "
+                   f"groups={groups}", x=x, dy=dy)
+    if (conv_out_size(h, r, sh, ph, dh), conv_out_size(wd, s, sw, pw, dw)) != dy.shape[2:]:
+        raise fail(op, node, f"a {r}x{s} kernel over x's {h}x{wd} does not give dy's "
+                   f"{dy.shape[2:]} output", x=x, dy=dy)
+    return [((dy.shape[1], c // groups, r, s), dtype)]
+
+
+def _bwd_cost(node) -> Cost:
+    dy = node.inputs[0] if node.op.name == "conv2d_backward_data" else node.inputs[1]
+    kernel = (node.inputs[1].shape if node.op.name == "conv2d_backward_data"
+              else node.output.shape)
+    macs = dy.size * kernel[1] * kernel[2] * kernel[3]
+    return Cost(macs, 2 * macs, sum(t.nbytes for t in node.inputs), node.output.nbytes)
+
+
+def _bwd_data_space(node, target) -> Space:
+    """Split over the batch, input channels and input rows/columns of dx (what a tile writes)
+    and over the output channels k of a group (partial sums reduced afterwards), as PopLibs
+    plans the backward pass: a convolution of dy with the flipped, transposed weights."""
+    from ..planner.regions import Region
+    dy, w = node.inputs
+    (sh, sw), (ph, pw), (dh, dw), groups = _conv_geometry(node.attrs)
+    k_total, cg, r, s = w.shape
+    kg = k_total // groups
+    n, c, h, wd = node.output.shape
+    oh, ow = dy.shape[2:]
+    item = dy.itemsize
+
+    def dy_range(lo, hi, stride, pad, dil, kern, limit):
+        # dy rows whose windows touch dx rows [lo, hi)
+        a = np.clip(-(-(lo + pad - (kern - 1) * dil) // stride), 0, limit)
+        b = np.clip((hi - 1 + pad) // stride + 1, 0, limit)
+        return a, np.maximum(a, b)
+
+    def slice_cost(sizes):
+        sn, sc, sih, siw, sk = (sizes[..., i] for i in range(5))
+        # each dx pixel receives about (R/sh)*(S/sw) taps
+        taps = max(1.0, r / sh) * max(1.0, s / sw)
+        macs = sn * sc * sih * siw * sk * taps
+        rows = np.minimum(-(-sih // sh) + r, oh)
+        cols = np.minimum(-(-siw // sw) + s, ow)
+        spanned = np.minimum(-(-sc // cg) + (cg % 16 != 0), groups)
+        dy_b = sn * np.minimum(k_total, spanned * sk) * rows * cols * item
+        w_b = sc * sk * r * s * item
+        return macs.astype(np.float64), dy_b, w_b, sn * sc * sih * siw * item
+
+    def boxes(table):
+        n0, n1, c0, c1, h0, h1, w0, w1, k0, k1 = table.T.astype(np.int64)
+        out = Region.boxes(np.stack([n0, c0, h0, w0], 1), np.stack([n1, c1, h1, w1], 1))
+        g0, g1 = c0 // cg, (c1 - 1) // cg
+        oh0, oh1 = dy_range(h0, h1, sh, ph, dh, r, oh)
+        ow0, ow1 = dy_range(w0, w1, sw, pw, dw, s, ow)
+        dyr = Region.boxes(np.stack([n0, g0 * kg + k0, oh0, ow0], 1),
+                           np.stack([n1, g1 * kg + k1, oh1, ow1], 1))
+        one_group = g0 == g1
+        wc0 = np.where(one_group, c0 - g0 * cg, 0)
+        wc1 = np.where(one_group, c1 - g0 * cg, cg)
+        zero = np.zeros_like(k0)
+        wr = Region.boxes(np.stack([g0 * kg + k0, wc0, zero, zero], 1),
+                          np.stack([g1 * kg + k1, wc1, zero + r, zero + s], 1))
+        return out, [(dy, dyr), (w, wr)]
+
+    return Space((Dim("n", n), Dim("c", c, target.channel_grain), Dim("ih", h), Dim("iw", wd),
+                  Dim("k", kg, target.channel_grain)), slice_cost, boxes, reduce_dims=("k",),
+                 codelet="supervisor", rate="macs")
+
+
+def _bwd_weight_space(node, target) -> Space:
+    """Split over the weight gradient's out-channels, in-channels and kernel rows (what a tile
+    writes) and over the batch and output rows (the reduction: partial weight gradients that a
+    reduction step adds up across tiles, PopLibs' weight-update pass)."""
+    from ..planner.regions import Region
+    x, dy = node.inputs
+    (sh, sw), (ph, pw), (dh, dw), groups = _conv_geometry(node.attrs)
+    k_total, cg, r, s = node.output.shape
+    kg = k_total // groups
+    n, c, h, wd = x.shape
+    oh, ow = dy.shape[2:]
+    item = x.itemsize
+
+    def slice_cost(sizes):
+        sk, sc, skh, sn, soh = (sizes[..., i] for i in range(5))
+        macs = sk * sc * skh * s * sn * soh * ow
+        rows_in = np.minimum((soh - 1) * sh + (skh - 1) * dh + 1, h + 2 * ph)
+        spanned = np.minimum(-(-sk // kg) + (kg % 16 != 0), groups)
+        x_b = sn * np.minimum(c, spanned * sc) * rows_in * (wd + 2 * pw) * item
+        dy_b = sn * sk * soh * ow * item
+        return macs.astype(np.float64), x_b + dy_b, np.zeros_like(x_b), sk * sc * skh * s * item
+
+    def boxes(table):
+        k0, k1, c0, c1, r0, r1, n0, n1, oh0, oh1 = table.T.astype(np.int64)
+        zero = np.zeros_like(k0)
+        out = Region.boxes(np.stack([k0, c0, r0, zero], 1), np.stack([k1, c1, r1, zero + s], 1))
+        g0, g1 = k0 // kg, (k1 - 1) // kg
+        ih0 = np.clip(oh0 * sh - ph + r0 * dh, 0, h)
+        ih1 = np.clip((oh1 - 1) * sh - ph + (r1 - 1) * dh + 1, 0, h)
+        xr = Region.boxes(np.stack([n0, g0 * cg + c0, ih0, zero], 1),
+                          np.stack([n1, g1 * cg + c1, np.maximum(ih0, ih1), zero + wd], 1))
+        dyr = Region.boxes(np.stack([n0, k0, oh0, zero], 1), np.stack([n1, k1, oh1, zero + ow], 1))
+        return out, [(x, xr), (dy, dyr)]
+
+    def reduce_region(kept):             # (k, c, kh) boxes -> [K, Cg, R, S] with all of S
+        k0, k1, c0, c1, r0, r1 = kept.T.astype(np.int64)
+        zero = np.zeros_like(k0)
+        return Region.boxes(np.stack([k0, c0, r0, zero], 1), np.stack([k1, c1, r1, zero + s], 1))
+
+    return Space((Dim("k", k_total, target.channel_grain), Dim("c", cg, target.channel_grain),
+                  Dim("kh", r), Dim("n", n), Dim("oh", oh)), slice_cost, boxes,
+                 reduce_dims=("n", "oh"), codelet="supervisor", rate="macs",
+                 reduce_region=reduce_region)
+
+
+@defop("conv2d_backward_data", infer=_bwd_data_infer, cost=_bwd_cost, space=_bwd_data_space,
+       attrs={"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1,
+              "input_size": (1, 1)})
+def conv2d_backward_data_op(dy, w, *, stride, padding, dilation, groups, input_size):
+    """dx[n, g*Cg+c, h, w] = sum over taps of dy[n, k, oh, ow] * w[k, c, r, s] where
+    h = oh*sh - ph + r*dh, w = ow*sw - pw + s*dw (the transposed convolution)."""
+    n, k, oh, ow = dy.shape
+    _, cg, r, s = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    h, wd = input_size
+    kg = k // groups
+    dxp = np.zeros((n, groups, cg, h + 2 * ph + sh, wd + 2 * pw + sw), np.result_type(dy, w))
+    dyg = dy.reshape(n, groups, kg, oh, ow)
+    wg = w.reshape(groups, kg, cg, r, s)
+    for i in range(r):
+        for j in range(s):
+            # [n, g, cg, oh, ow] contribution of tap (i, j)
+            contrib = np.einsum("ngkpq,gkc->ngcpq", dyg, wg[:, :, :, i, j])
+            dxp[:, :, :, i * dh: i * dh + sh * (oh - 1) + 1: sh,
+                j * dw: j * dw + sw * (ow - 1) + 1: sw] += contrib
+    return dxp[:, :, :, ph:ph + h, pw:pw + wd].reshape(n, groups * cg, h, wd)
+
+
+@defop("conv2d_backward_weight", infer=_bwd_weight_infer, cost=_bwd_cost,
+       space=_bwd_weight_space,
+       attrs={"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1,
+              "kernel": (1, 1)})
+def conv2d_backward_weight_op(x, dy, *, stride, padding, dilation, groups, kernel):
+    """dw[k, c, r, s] = sum_{n, oh, ow} dy[n, k, oh, ow] * xpad[n, g*Cg+c, oh*sh+r*dh, ow*sw+s*dw]."""
+    n, c, h, wd = x.shape
+    _, k, oh, ow = dy.shape
+    r, s = kernel
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    cg, kg = c // groups, k // groups
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))).reshape(n, groups, cg, h + 2 * ph,
+                                                                   wd + 2 * pw)
+    dyg = dy.reshape(n, groups, kg, oh, ow)
+    dw_ = np.zeros((groups, kg, cg, r, s), np.result_type(x, dy))
+    for i in range(r):
+        for j in range(s):
+            patch = xp[:, :, :, i * dh: i * dh + sh * (oh - 1) + 1: sh,
+                       j * dw: j * dw + sw * (ow - 1) + 1: sw]            # n, g, cg, oh, ow
+            dw_[:, :, :, i, j] = np.einsum("ngkpq,ngcpq->gkc", dyg, patch)
+    return dw_.reshape(k, cg, r, s)
+
+
+def _conv2d_grad(node, dy, needs):
+    """dx: the transposed conv of dy; dw: dy correlated with x; db: dy summed per channel."""
+    from .reduce import channel_sum
+    x, w = node.inputs[0], node.inputs[1]
+    a = node.attrs
+    geom = dict(stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
+                groups=a["groups"])
+    dx = (conv2d_backward_data_op(dy, w, input_size=x.shape[2:], name=grad_name(node, "grad_x"),
+                                  **geom) if needs[0] else None)
+    dw = (conv2d_backward_weight_op(x, dy, kernel=w.shape[2:], name=grad_name(node, "grad_w"),
+                                    **geom) if needs[1] else None)
+    grads = [dx, dw]
+    if len(node.inputs) > 2:
+        grads.append(channel_sum(dy, name=grad_name(node, "grad_b")) if needs[2] else None)
+    return grads
+
+
+conv2d_op.grad = _conv2d_grad

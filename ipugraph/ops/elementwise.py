@@ -1,11 +1,11 @@
-"""Elementwise ops: relu and add. Same-shape operands only (no implicit broadcasting: a shape
+"""Elementwise ops: relu, add and the ReLU gradient. Same-shape operands only (no implicit broadcasting: a shape
 mismatch is far more often a bug than an intended broadcast in a static CNN graph)."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..graph import Tensor
-from .registry import Cost, defop, elementwise_space, expect_float, fail
+from .registry import Cost, defop, elementwise_space, expect_float, fail, grad_name
 
 
 def _same_as_first(node, inputs, attrs):
@@ -48,3 +48,23 @@ def relu(x: Tensor, name: str | None = None) -> Tensor:
 
 def add(a: Tensor, b: Tensor, name: str | None = None) -> Tensor:
     return add_op(a, b, name=name)
+
+
+def _relu_backward_infer(node, inputs, attrs):
+    y, dy = inputs
+    expect_float("relu_backward", node, y=y, dy=dy)
+    if y.shape != dy.shape:
+        raise fail("relu_backward", node, "y and dy must have the same shape", y=y, dy=dy)
+    return _same_as_first(node, inputs, attrs)
+
+
+@defop("relu_backward", infer=_relu_backward_infer, cost=_elementwise_cost,
+       space=elementwise_space, elementwise=True)
+def relu_backward_op(y, dy):
+    """dx = dy where the ReLU's output y > 0 (torch's threshold_backward on the output)."""
+    return np.where(y > 0, dy, 0).astype(np.result_type(y, dy))
+
+
+relu_op.grad = lambda node, dy, needs: [
+    relu_backward_op(node.output, dy, name=grad_name(node, "grad_x"))]
+add_op.grad = lambda node, dy, needs: [dy, dy]

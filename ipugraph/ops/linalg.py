@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Tensor
-from .registry import Cost, Dim, Space, defop, expect_float, expect_rank, fail
+from .registry import Cost, Dim, Space, defop, expect_float, expect_rank, fail, grad_name
 
 
 def _matmul_infer(node, inputs, attrs):
@@ -95,3 +95,32 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
            name: str | None = None) -> Tensor:
     inputs = (x, weight) if bias is None else (x, weight, bias)
     return linear_op(*inputs, name=name)
+
+
+def _matmul_grad(node, dy, needs):
+    """da = dy·bᵀ, db = aᵀ·dy."""
+    from .shape import transpose
+    a, b = node.inputs
+    da = (matmul_op(dy, transpose(b, name=grad_name(node, "b_t")), name=grad_name(node, "grad_a"))
+          if needs[0] else None)
+    db = (matmul_op(transpose(a, name=grad_name(node, "a_t")), dy, name=grad_name(node, "grad_b"))
+          if needs[1] else None)
+    return [da, db]
+
+
+def _linear_grad(node, dy, needs):
+    """y = x·Wᵀ + b: dx = dy·W, dW = dyᵀ·x, db = dy summed over rows."""
+    from .reduce import channel_sum
+    from .shape import transpose
+    x, w = node.inputs[0], node.inputs[1]
+    dx = matmul_op(dy, w, name=grad_name(node, "grad_x")) if needs[0] else None
+    dw = (matmul_op(transpose(dy, name=grad_name(node, "dy_t")), x, name=grad_name(node, "grad_w"))
+          if needs[1] else None)
+    grads = [dx, dw]
+    if len(node.inputs) > 2:
+        grads.append(channel_sum(dy, name=grad_name(node, "grad_b")) if needs[2] else None)
+    return grads
+
+
+matmul_op.grad = _matmul_grad
+linear_op.grad = _linear_grad

@@ -7,7 +7,10 @@ An OpDef holds
   cost       (node) -> Cost: MACs, FLOPs, bytes read and written
   space      (node) -> Space: the dimensions the planner may split over tiles and the
              per-slice cost (MACs, bytes a tile must hold) as vectorised functions
-  grad       the gradient rule (built from registered ops), filled in by the training work
+  grad       the gradient rule: (node, dy, needs) -> one gradient Tensor (or None) per input,
+             built from registered ops; `needs[i]` says whether input i wants one. None as the
+             rule means the op is not differentiable (autodiff says so if a gradient must flow
+             through it)
 
 Backends register lowerings against the op's name (backends/registry.py), so adding an op
 touches its own module and one function per backend, never a shared if/elif chain.
@@ -55,13 +58,20 @@ class Space:
     partials that a reduction step adds up. `codelet` is "supervisor" for codelets that spread
     one vertex over all of a tile's worker threads (conv, matmul, as PopLibs' AMP vertices do) or
     "worker" for one-thread vertices (pooling, elementwise); `rate` is which throughput their work
-    runs at: "macs" (the AMP / FMA units) or "vector" (plain vector arithmetic)."""
+    runs at: "macs" (the AMP / FMA units) or "vector" (plain vector arithmetic). `reduce_region`
+    maps a reduction vertex's kept-dim box to the output elements it writes, when those dims
+    are not simply the output's axes (a per-channel reduction into [2, C])."""
     dims: tuple[Dim, ...]
     slice_cost: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
     boxes: Callable | None = None
     reduce_dims: tuple[str, ...] = ()
     codelet: str = "worker"
     rate: str = "vector"
+    reduce_region: Callable | None = None
+
+    # reduce_region(kept) -> Region: the output elements each reduction vertex writes, from its
+    # (lo, hi) columns of the dims that are not reduce dims; by default those dims are the
+    # output's axes in order (conv: n, k, oh, ow; gemm: m, n).
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -169,6 +179,47 @@ def elementwise_space(node, target) -> Space:
                 else full_region(t.shape, len(table))) for t in node.inputs]
         return flat_region(out.shape, start, stop), ins
     return Space((Dim("i", out.size, target.vector_grain),), slice_cost, boxes)
+
+
+def grad_name(node, what: str) -> str:
+    """A fresh name for a gradient op of `node`: '<node>.<what>' (suffixed if taken)."""
+    return node.output.graph._fresh_name(f"{node.name}.{what}")
+
+
+def scalar_space(node, target) -> Space:
+    """One vertex for the whole op (a scalar result, e.g. a loss): nothing to split."""
+    from ..planner.regions import full_region
+    out = node.output
+    total = sum(t.nbytes for t in node.inputs)
+
+    def slice_cost(sizes):
+        one = np.ones(sizes.shape[:-1], np.int64)
+        return (one * sum(t.size for t in node.inputs), one * total, one * 0,
+                one * out.nbytes)
+
+    def boxes(table):
+        return (full_region(out.shape, len(table)),
+                [(t, full_region(t.shape, len(table))) for t in node.inputs])
+    return Space((Dim("all", 1),), slice_cost, boxes)
+
+
+def rows_space(node, target, rows: int, cols: int) -> Space:
+    """Split over the rows of a row-wise op whose output and same-sized inputs are [rows, cols]
+    (row-major); smaller operands (labels, scalars) are read whole."""
+    from ..planner.regions import flat_region, full_region
+    out = node.output
+
+    def slice_cost(sizes):
+        b = sizes[..., 0] * cols * out.itemsize
+        return sizes[..., 0] * cols * 4, b * len(node.inputs), np.zeros_like(b), b
+
+    def boxes(table):
+        region = flat_region(out.shape, table[:, 0] * cols, table[:, 1] * cols)
+        ins = [(t, flat_region(t.shape, table[:, 0] * cols, table[:, 1] * cols)
+                if t.size == rows * cols else full_region(t.shape, len(table)))
+               for t in node.inputs]
+        return region, ins
+    return Space((Dim("row", rows),), slice_cost, boxes)
 
 
 def nbytes_of(*tensors: Tensor) -> int:

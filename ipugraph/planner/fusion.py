@@ -64,7 +64,7 @@ class Group:
 def group_nodes(graph: Graph, fuse: bool = True) -> list[Group]:
     """Partition graph.nodes into groups, returned in a valid execution order."""
     users = graph.consumers()
-    outputs = {t.name for t in graph.outputs.values()}
+    outputs = graph.kept()
     taken: set[int] = set()
     groups: list[Group] = []
     for node in graph.nodes:

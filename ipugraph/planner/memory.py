@@ -66,7 +66,7 @@ def tile_memory(plan, input_mappings: dict) -> TileMemory:
             for t in node.inputs:
                 if t.kind in ("input", "op") and t.name not in inside:
                     last[t.name] = s.index
-    outputs = {t.name for t in plan.graph.outputs.values()}
+    outputs = plan.graph.kept()
     delta = np.zeros((S + 1, T))
     for name, mapping in input_mappings.items():
         delta[0] += mapping.bytes_per_tile(T)

@@ -33,7 +33,9 @@ class Region:
 
 
 def full_region(shape, num_vertices: int) -> Region:
-    """Every vertex needs the whole tensor (small operands such as a bias)."""
+    """Every vertex needs the whole tensor (small operands such as a bias; a scalar is one
+    element, as in flat_region)."""
+    shape = tuple(int(s) for s in shape) or (1,)
     rank = len(shape)
     lo = np.zeros((num_vertices, rank), dtype=np.int64)
     hi = np.tile(np.asarray(shape, dtype=np.int64), (num_vertices, 1))
@@ -94,7 +96,7 @@ class TileMapping:
     @staticmethod
     def of(region: Region, vertex_tiles: np.ndarray, shape, itemsize: int,
            key: tuple = ()) -> "TileMapping":
-        return TileMapping(tuple(shape), itemsize, np.asarray(vertex_tiles, np.int64)[region.vid],
+        return TileMapping(tuple(shape) or (1,), itemsize, np.asarray(vertex_tiles, np.int64)[region.vid],
                            region.lo, region.hi, key)
 
     @staticmethod
@@ -151,6 +153,7 @@ def owner_mapping(region: Region, vertex_tiles: np.ndarray, shape, itemsize: int
     """A mapping for a tensor created for its consumer (weights: PopLibs' createWeights): each
     distinct box is spread over the tiles of the vertices that read it, cut along its longest
     dim, so that each reader holds a piece and receives the rest (a broadcast exchange)."""
+    shape = tuple(shape) or (1,)                  # a scalar is one element, as in flat_region
     tiles = np.asarray(vertex_tiles, np.int64)[region.vid]
     if len(tiles) == 0:
         return TileMapping.of(region, vertex_tiles, shape, itemsize, key=("owner",))

@@ -182,7 +182,8 @@ def evaluate(index: int, group: Group, space, part: Partition, repeats: int, tar
         red_comp += np.bincount(red_slot, weights=contributors * elems
                                 / target.vector_ops_per_cycle + target.vertex_overhead_cycles,
                                 minlength=repeats * T)
-        out_region = Region.boxes(red_table[:, 0::2], red_table[:, 1::2])
+        out_region = (space.reduce_region(red_table) if space.reduce_region is not None
+                      else Region.boxes(red_table[:, 0::2], red_table[:, 1::2]))
         if residual is not None:
             red_received += receive(residual, out_region, reduce_tiles, red_slot)
         if red_table.shape[1] == 4:                  # a gemm's (m, n) box as a conv-style row
