@@ -64,6 +64,7 @@ class Tensor:
         self.node = node
         self._value = value
         self.trainable = kind == "variable"   # False for buffers such as BN running stats
+        self.optimizer_state = False          # True for ig.optim's momentum buffers, moments
 
     # -- static facts ------------------------------------------------------------------
     @property

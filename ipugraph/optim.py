@@ -65,7 +65,9 @@ class _update:
 
 
 def _state(g: Graph, w: Tensor, what: str) -> Tensor:
-    return g.variable(f"{w.name}.{what}", w.shape, w.dtype, init=init.zeros(), trainable=False)
+    t = g.variable(f"{w.name}.{what}", w.shape, w.dtype, init=init.zeros(), trainable=False)
+    t.optimizer_state = True
+    return t
 
 
 def sgd(g: Graph, grads: dict, lr, momentum: float = 0.0, weight_decay: float = 0.0
@@ -103,6 +105,7 @@ def adam(g: Graph, grads: dict, lr, betas=(0.9, 0.999), eps: float = 1e-8,
     lr = _scalar(g, lr, "adam: lr")
     name = g._fresh_name("optim.adam_step")
     step = g.variable(name, (), "float32", value=np.float32(0), trainable=False)
+    step.optimizer_state = True
     one = g.constant(np.float32(1), name=g._fresh_name("optim.one"))
     t = ops.add(step, one, name=g._fresh_name(f"{name}.next"))
     t.node.phase = "update"

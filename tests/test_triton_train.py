@@ -27,7 +27,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import ipugraph as ig  # noqa: E402
-from ipugraph.graph import GraphError  # noqa: E402
 from ipugraph.ops import OPS  # noqa: E402
 from helpers import assert_close, rand  # noqa: E402
 
@@ -378,14 +377,6 @@ def _ce_graph():
     return g
 
 
-def _compile_triton(g):
-    try:
-        return ig.compile(g, backend="triton")
-    except GraphError as e:
-        if "int64" in str(e):
-            pytest.xfail(f"the triton executable (ipugraph/backends/triton.py) rejects int64 "
-                         f"graph inputs: {e}")
-        raise
 
 
 def test_cross_entropy_ops():
@@ -393,14 +384,14 @@ def test_cross_entropy_ops():
     feeds = {"logits": rand((5, 11), 8, -3.0, 3.0), "labels": np.array([0, 10, 3, 3, 7]),
              "dloss": np.array(2.5, np.float32)}
     expected = ig.compile(g, backend="reference").run(feeds)
-    out = _compile_triton(g).run(feeds)
+    out = ig.compile(g, backend="triton").run(feeds)
     for name, e in expected.items():
         assert out[name].shape == e.shape and out[name].dtype == e.dtype, name
         assert_close(out[name], e, 11, what=name)
 
 
 def test_cross_entropy_rejects_bad_labels():
-    eng = _compile_triton(_ce_graph())
+    eng = ig.compile(_ce_graph(), backend="triton")
     for bad in (11, -1):
         feeds = {"logits": rand((5, 11), 8), "labels": np.array([0, bad, 3, 3, 7]),
                  "dloss": np.array(1.0, np.float32)}
@@ -431,16 +422,6 @@ def test_cross_entropy_kernels():
 
 # -- optimizer updates -------------------------------------------------------------------------
 
-def _fed_scalar(fn):
-    """Run fn(); a FeedError on a shape-() feed becoming (1,) is the triton executable's
-    (np.ascontiguousarray makes 0-d feeds 1-d in TritonExecutable._load_feed), not the ops'."""
-    from ipugraph.engine import FeedError
-    try:
-        return fn()
-    except FeedError as e:
-        if "has shape (1,), the graph input is ()" in str(e):
-            pytest.xfail(f"ipugraph/backends/triton.py loads a shape-() feed as (1,): {e}")
-        raise
 
 
 def test_sgd_ops():
@@ -464,7 +445,7 @@ def test_sgd_apply_fed_lr():
     d = g.input("d", (3, 4))
     lr = g.input("lr", ())
     g.output("w_new", op("sgd_apply", w, d, lr))
-    _fed_scalar(lambda: compare(g, {"d": rand((3, 4), 2), "lr": np.array(0.05, np.float32)}))
+    compare(g, {"d": rand((3, 4), 2), "lr": np.array(0.05, np.float32)})
 
 
 def test_adam_ops():
@@ -574,10 +555,10 @@ def test_training_steps(optimizer):
     feeds = {"x": rand((2, 3, 7, 7), 7), "labels": np.array([1, 4]),
              "lr": np.array(0.1, np.float32)}
     ref = ig.compile(_tiny_training_graph(optimizer), backend="reference")
-    eng = _compile_triton(_tiny_training_graph(optimizer))
+    eng = ig.compile(_tiny_training_graph(optimizer), backend="triton")
     for step in range(3):
         expected = ref.run(feeds)
-        out = _fed_scalar(lambda: eng.run(feeds))
+        out = eng.run(feeds)
         for name, e in expected.items():
             assert_close(out[name], e, 100, what=f"step {step} {name}")
 

@@ -119,7 +119,8 @@ class CpuExecutable:
             # A variable or constant used as an activation: keep a storage-layout copy.
             if t.kind not in ("variable", "constant"):
                 raise KeyError(f"cpu backend: no storage for tensor '{t.name}'")
-            self._storage[t.name] = np.ascontiguousarray(to_storage(t, t.value), np.float32)
+            # (np.array, not ascontiguousarray: that makes a 0-d scalar 1-d)
+            self._storage[t.name] = np.array(to_storage(t, t.value), np.float32, order="C")
         return self._storage[t.name]
 
     def _prepare(self, force: bool = False) -> None:

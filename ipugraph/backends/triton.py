@@ -168,10 +168,12 @@ class TritonExecutable:
                                "process runs the kernels in Triton's interpreter on the CPU")
         graph = program.graph
         for t in graph.tensors.values():
-            if t.dtype not in SUPPORTED_DTYPES and t.kind != "constant":
+            if t.dtype not in SUPPORTED_DTYPES and t.kind != "constant" and not (
+                    t.kind == "input" and t.dtype in ("int64", "int32")):
                 raise GraphError(f"triton backend: tensor '{t.name}' is {t.dtype}; the Triton "
-                                 f"kernels take {' and '.join(SUPPORTED_DTYPES)} (use "
-                                 "backend='reference' for other dtypes)")
+                                 f"kernels take {' and '.join(SUPPORTED_DTYPES)}, with integer "
+                                 "inputs for class labels (use backend='reference' for other "
+                                 "dtypes)")
         self.buffers = [torch.empty(nbytes, dtype=torch.uint8, device=self.device)
                         for nbytes in program.buffer_bytes]
         self._storage: dict = {}
@@ -250,7 +252,7 @@ class TritonExecutable:
             if a.dtype != DTYPES[t.dtype]:
                 raise FeedError(f"feed '{name}' has dtype {a.dtype}, the graph input is "
                                 f"{t.dtype}")
-            a = torch.from_numpy(np.ascontiguousarray(a))
+            a = torch.from_numpy(np.array(a, order="C"))      # keeps a 0-d feed 0-d
         elif a.dtype != self.torch_dtype(t.dtype):
             raise FeedError(f"feed '{name}' has dtype {a.dtype}, the graph input is {t.dtype}")
         if tuple(a.shape) != t.shape:

@@ -81,7 +81,9 @@ def load_state_dict(graph: Graph, state_dict: Mapping[str, Any],
                         f"{type(state_dict).__name__}")
     keys = [k for k in state_dict if not str(k).endswith(IGNORED_SUFFIXES)]
     unexpected = [k for k in keys if k not in graph.variables]
-    missing = [name for name in graph.variables if name not in state_dict]
+    # optimizer state (momentum buffers, Adam moments) is not part of a model's state_dict
+    missing = [name for name, t in graph.variables.items()
+               if name not in state_dict and not t.optimizer_state]
     mismatched, invalid, arrays = [], [], {}
     for key in keys:
         if key not in graph.variables:
@@ -111,5 +113,7 @@ def load_state_dict(graph: Graph, state_dict: Mapping[str, Any],
 
 def state_dict(graph: Graph) -> dict[str, np.ndarray]:
     """Every variable's current value (a copy), keyed by name, in creation order: the inverse of
-    load_state_dict. For a torch module: {k: torch.from_numpy(v) for k, v in ...}."""
-    return {name: np.array(t.value, copy=True) for name, t in graph.variables.items()}
+    load_state_dict. For a torch module: {k: torch.from_numpy(v) for k, v in ...}. Optimizer
+    state (momentum buffers, Adam moments) is left out, as in torch's module state_dict."""
+    return {name: np.array(t.value, copy=True) for name, t in graph.variables.items()
+            if not t.optimizer_state}

@@ -204,7 +204,7 @@ def _bn_inference_grad(node, dy, needs):
     if not needs[0]:
         return [None] * 5
     g = x.graph
-    zero = g.constant(np.zeros(x.shape[1], DTYPES[x.dtype]), name=grad_name(node, "zero"))
+    zero = g.constant(np.zeros(x.shape[1]), name=grad_name(node, "zero"), dtype=x.dtype)
     return [batch_norm_op(dy, gamma, zero, zero, var, eps=node.attrs["eps"],
                           name=grad_name(node, "grad_x")), None, None, None, None]
 

@@ -181,9 +181,11 @@ def _search(idx, group, space, target, dtype, mappings, batch, least) -> Step:
     for relax in (1.0, 2.0):
         for repeats in _repeat_options(batch, least):
             sub = chunk_space(space, -(-batch // repeats))
-            # A serialised op is already the slow path: fewer candidates to evaluate exactly.
+            # A serialised op is already the slow path, and a flat elementwise op has few
+            # splits that differ: fewer candidates to evaluate exactly.
+            flat = len(space.dims) == 1 and space.rate == "vector"
             parts, info = candidates(sub, target, dtype, extra, relax=relax,
-                                     keep=8 if repeats == 1 else 3)
+                                     keep=8 if repeats == 1 and not flat else 3)
             best = None
             for part in parts:
                 step = evaluate(idx, group, space, part, repeats, target, dtype, mappings, batch)

@@ -43,43 +43,51 @@ def full_region(shape, num_vertices: int) -> Region:
 
 
 def flat_region(shape, start: np.ndarray, stop: np.ndarray) -> Region:
-    """The boxes of row-major element ranges [start[v], stop[v]) of a tensor of `shape`."""
+    """The boxes of row-major element ranges [start[v], stop[v]) of a tensor of `shape`: per
+    range, a head that climbs to ever coarser block boundaries, then a tail that descends to
+    the range's end (at most 2·rank - 1 boxes), computed for all ranges at once, level by level.
+    Boxes come ordered by vertex, then by address."""
     shape = tuple(int(s) for s in shape) or (1,)
-    vids, los, his = [], [], []
-    for v, (a, b) in enumerate(zip(np.asarray(start).tolist(), np.asarray(stop).tolist())):
-        for lo, hi in _decompose(shape, a, b):
-            vids.append(v)
-            los.append(lo)
-            his.append(hi)
     rank = len(shape)
+    dims = np.asarray(shape, np.int64)
+    st = np.ones(rank, np.int64)                       # st[k]: elements per step of axis k
+    for k in range(rank - 2, -1, -1):
+        st[k] = st[k + 1] * dims[k + 1]
+    a = np.asarray(start, np.int64).reshape(-1).copy()
+    b = np.asarray(stop, np.int64).reshape(-1)
+    vid_all = np.arange(len(a), dtype=np.int64)
+    vids, los, his, addr = [], [], [], []
+
+    def emit(k, lo_flat, hi_flat):
+        m = hi_flat > lo_flat
+        if not m.any():
+            return
+        a0, a1 = lo_flat[m], hi_flat[m]
+        coords = (a0[:, None] // st[None, :]) % dims[None, :]
+        hi = coords + 1
+        hi[:, k] = coords[:, k] + (a1 - a0) // st[k]
+        hi[:, k + 1:] = dims[k + 1:]
+        vids.append(vid_all[m])
+        los.append(coords)
+        his.append(hi)
+        addr.append(a0)
+
+    for k in range(rank - 1, 0, -1):                   # head: up to the next st[k-1] boundary
+        up = st[k - 1]
+        nb = np.minimum(-(-a // up) * up, (b // st[k]) * st[k])
+        nb = np.maximum(nb, a)
+        emit(k, a, nb)
+        a = nb
+    for k in range(rank):                              # tail: whole blocks, finer and finer
+        nb = np.maximum((b // st[k]) * st[k], a)
+        emit(k, a, nb)
+        a = nb
     if not vids:
         empty = np.zeros((0, rank), dtype=np.int64)
         return Region(np.zeros(0, dtype=np.int64), empty, empty.copy())
-    return Region(np.array(vids, dtype=np.int64), np.array(los, dtype=np.int64),
-                  np.array(his, dtype=np.int64))
-
-
-def _decompose(shape, a: int, b: int, prefix=()):
-    """Yield (lo, hi) boxes covering flat range [a, b) of `shape` (a C-order decomposition)."""
-    if a >= b:
-        return
-    if len(shape) == 1:
-        yield (*prefix, a), tuple(p + 1 for p in prefix) + (b,)
-        return
-    inner = int(np.prod(shape[1:]))
-    rest = len(shape) - 1
-    i0, i1 = a // inner, b // inner
-    if i0 == i1:
-        yield from _decompose(shape[1:], a % inner, b % inner, prefix + (i0,))
-        return
-    if a % inner:
-        yield from _decompose(shape[1:], a % inner, inner, prefix + (i0,))
-        i0 += 1
-    if i1 > i0:
-        yield ((*prefix, i0) + (0,) * rest,
-               tuple(p + 1 for p in prefix) + (i1,) + tuple(shape[1:]))
-    if b % inner:
-        yield from _decompose(shape[1:], 0, b % inner, prefix + (i1,))
+    vid, lo, hi, at = (np.concatenate(x) for x in (vids, los, his, addr))
+    order = np.lexsort((at, vid))
+    return Region(vid[order], lo[order], hi[order])
 
 
 @dataclass
@@ -117,6 +125,9 @@ class TileMapping:
     def resident(self, need: Region, need_tiles: np.ndarray) -> np.ndarray:
         """Elements of each box of `need` (box b wanted on tile need_tiles[b]) that this mapping
         already holds on that tile."""
+        if (len(need_tiles) == len(self.tiles) and np.array_equal(need_tiles, self.tiles)
+                and np.array_equal(need.lo, self.lo) and np.array_equal(need.hi, self.hi)):
+            return need.volume()             # read where it was written (elementwise chains)
         order = np.argsort(self.tiles, kind="stable")
         sorted_tiles = self.tiles[order]
         start = np.searchsorted(sorted_tiles, need_tiles, side="left")
