@@ -152,8 +152,13 @@ def plan_model(args):
     from .planner import PlanError, plan
     from .target import Target
     target = Target.from_name(args.target)
-    progress(f"building {args.model} (batch {args.batch}, {_size_text(args.image_size)})")
-    graph = build_model(args.model, args.batch, args.image_size, target=target)
+    what = "training step" if getattr(args, "train", False) else "forward pass"
+    progress(f"building {args.model} {what} (batch {args.batch}, {_size_text(args.image_size)})")
+    if getattr(args, "train", False):
+        from .cli_train import _training_graph
+        graph, _ = _training_graph(sys.modules[__name__], _train_defaults(args), target)
+    else:
+        graph = build_model(args.model, args.batch, args.image_size, target=target)
     progress(f"planning {len(graph.nodes)} ops over {target.tiles} tiles of {target.name}")
     start = time.perf_counter()
     try:
@@ -299,7 +304,26 @@ def _measure(runners: dict, warmup: int, iters: int) -> tuple[dict, float | None
     return times, others
 
 
+def _train_defaults(args):
+    """Training options of `plan`/`dump --train` (which only need the graph's shape)."""
+    for name, value in (("classes", 1000), ("seed", 0), ("momentum", 0.9),
+                        ("weight_decay", 1e-4)):
+        if not hasattr(args, name):
+            setattr(args, name, value)
+    return args
+
+
+def cmd_train(args) -> int:
+    from .cli_train import cmd_train as run
+    if args.lr is None:
+        args.lr = 2e-3 if args.optimizer == "adam" else 0.02
+    return run(sys.modules[__name__], args)
+
+
 def cmd_bench(args) -> int:
+    if args.train:
+        from .cli_train import bench_train
+        return bench_train(sys.modules[__name__], args)
     from . import __version__
     from .engine import compile as ig_compile
     from .planner import plan
@@ -433,7 +457,36 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=nonnegative_int, default=0,
                        help="seed of the random weights and input")
     bench.add_argument("--json", metavar="FILE", help="also write the figures and machine info")
+    bench.add_argument("--train", action="store_true",
+                       help="time one training step (forward, cross-entropy, backward, SGD "
+                       "update) instead of inference")
+    bench.add_argument("--classes", type=positive_int, default=1000)
+    bench.add_argument("--lr", type=float, default=0.01)
+    bench.add_argument("--momentum", type=float, default=0.9)
+    bench.add_argument("--weight-decay", type=float, default=1e-4)
     bench.set_defaults(func=cmd_bench)
+
+    train = sub.add_parser("train", help="train a model on a generated data set, printing the "
+                           "loss of every step", description="Build MODEL's training step "
+                           "(training-mode batch norm, cross-entropy, gradients, optimizer "
+                           "update in place) and run it STEPS times on generated images.")
+    train.add_argument("model", choices=MODEL_NAMES)
+    train.add_argument("--backend", choices=BACKEND_NAMES, default="cpu")
+    train.add_argument("--target", choices=TARGET_NAMES, default="host")
+    train.add_argument("--batch", type=positive_int, default=8)
+    train.add_argument("--image-size", type=image_size, default=64, metavar="N")
+    train.add_argument("--steps", type=positive_int, default=50)
+    train.add_argument("--dataset", choices=("synthetic", "shapes"), default="synthetic",
+                       help="generated coloured shapes; the class is the shape's kind")
+    train.add_argument("--classes", type=positive_int, default=4)
+    train.add_argument("--optimizer", choices=("sgd", "adam"), default="adam")
+    train.add_argument("--lr", type=float, default=None,
+                       help="learning rate (default 0.02 for sgd, 0.002 for adam)")
+    train.add_argument("--momentum", type=float, default=0.9)
+    train.add_argument("--weight-decay", type=float, default=5e-4)
+    train.add_argument("--threads", type=positive_int, default=None)
+    train.add_argument("--seed", type=nonnegative_int, default=0)
+    train.set_defaults(func=cmd_train)
 
     plan = sub.add_parser("plan", help="print a model's tile plan for a target")
     plan.add_argument("model", choices=MODEL_NAMES)
@@ -441,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--batch", type=positive_int, default=1)
     plan.add_argument("--image-size", type=image_size, default=224, metavar="N|HxW")
     plan.add_argument("--json", metavar="FILE", help="also write plan.to_json()")
+    plan.add_argument("--train", action="store_true",
+                      help="plan the training step (forward, backward, SGD update)")
     plan.set_defaults(func=cmd_plan)
 
     dump = sub.add_parser("dump", help="write a model's tile-placement graph, pictures, trace "
@@ -459,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="graph.png colour: the layer, or compute density")
     dump.add_argument("--frames", action="store_true",
                       help="also one picture per BSP step in DIR/frames/")
+    dump.add_argument("--train", action="store_true",
+                      help="dump the training step's graph (forward, backward, SGD update)")
     dump.set_defaults(func=cmd_dump)
 
     info = sub.add_parser("info", help="version, C++ extension, threads, targets, ops, backends")

@@ -157,9 +157,12 @@ def build(plan) -> VizGraph:
         tensor_id(out_t, s.index)
         if s.reduce_vertices is not None:
             red = s.reduce_vertices.astype(np.int64)
-            rbox = Region.boxes(red[:, 0::2], red[:, 1::2])
-            if len(out_t.shape) == 2:                   # a gemm's (m, n) boxes
+            if space.reduce_region is not None:         # e.g. [2, C] statistics
+                rbox = space.reduce_region(red)
+            elif len(out_t.shape) == 2:                 # a gemm's (m, n) boxes
                 rbox = Region.boxes(red[:, [0, 2]], red[:, [1, 3]])
+            else:
+                rbox = Region.boxes(red[:, 0::2], red[:, 1::2])
             elems = np.prod(rbox.hi - rbox.lo, axis=1)
             contributors = np.zeros(len(elems))
             i, j, vol = overlaps(out_region, rbox)
