@@ -108,6 +108,20 @@ inline void check_range_cols(const IArr& v, int c0, py::ssize_t n, const char* f
   }
 }
 
+// The vertex table of a flat elementwise codelet: (start, end) element ranges within [0, n].
+inline py::ssize_t check_flat_vertices(const IArr& v, py::ssize_t n, const char* fn) {
+  const py::ssize_t V = check_vertices(v, 2, fn);
+  check_range_cols(v, 0, n, fn, "element (start, end)");
+  return V;
+}
+
+inline void check_same_size(const char* fn, const py::array& a, const char* an,
+                            const py::array& b, const char* bn) {
+  if (a.size() != b.size())
+    fail(std::string(fn) + ": " + an + " " + shape_str(a) + " and " + bn + " " + shape_str(b) +
+         " must have the same number of elements");
+}
+
 // Checks 0 <= v[i, col] < n for every vertex row (an index into an axis of extent n, e.g. the
 // slab of a partials buffer; `of` names that array in the message).
 inline void check_index_col(const IArr& v, int col, py::ssize_t n, const char* fn, const char* what,

@@ -17,20 +17,12 @@ namespace {
 // ReLU as `v < 0 ? 0 : v` so NaN propagates (torch.relu(nan) is nan).
 inline float relu1(float v) { return v < 0.f ? 0.f : v; }
 
-void check_same_size(const char* fn, const py::array& a, const char* an, const py::array& b,
-                     const char* bn) {
-  if (a.size() != b.size())
-    fail(std::string(fn) + ": " + an + " " + shape_str(a) + " and " + bn + " " + shape_str(b) +
-         " must have the same number of elements");
-}
-
 void add(const FArr& a, const FArr& b, py::array out, const IArr& vertices, bool relu) {
   const char* fn = "add";
   float* o = out_ptr(out, fn);
   check_same_size(fn, a, "a", out, "out");
   check_same_size(fn, b, "b", out, "out");
-  const py::ssize_t V = check_vertices(vertices, 2, fn);
-  check_range_cols(vertices, 0, out.size(), fn, "element (start, end)");
+  const py::ssize_t V = check_flat_vertices(vertices, out.size(), fn);
   const float* ap = a.data();
   const float* bp = b.data();
   const int32_t* vt = vertices.data();
@@ -52,8 +44,7 @@ void relu(const FArr& x, py::array out, const IArr& vertices) {
   const char* fn = "relu";
   float* o = out_ptr(out, fn);
   check_same_size(fn, x, "x", out, "out");
-  const py::ssize_t V = check_vertices(vertices, 2, fn);
-  check_range_cols(vertices, 0, out.size(), fn, "element (start, end)");
+  const py::ssize_t V = check_flat_vertices(vertices, out.size(), fn);
   const float* xp = x.data();
   const int32_t* vt = vertices.data();
   py::gil_scoped_release nogil;
@@ -75,8 +66,7 @@ void channel_affine(const FArr& x, const FArr& scale, const FArr& shift, py::arr
   if (C < 1 || scale.size() != C || shift.size() != C || x.size() % C != 0)
     fail(std::string(fn) + ": need scale " + shape_str(scale) + " and shift " + shape_str(shift) +
          " of size C=" + std::to_string(C) + " dividing the size of x " + shape_str(x));
-  const py::ssize_t V = check_vertices(vertices, 2, fn);
-  check_range_cols(vertices, 0, out.size(), fn, "element (start, end)");
+  const py::ssize_t V = check_flat_vertices(vertices, out.size(), fn);
   const float* xp = x.data();
   const float* sc = scale.data();
   const float* sh = shift.data();

@@ -22,13 +22,6 @@ namespace {
 
 using LArr = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
-void same_size(const char* fn, const py::array& a, const char* an, const py::array& b,
-               const char* bn) {
-  if (a.size() != b.size())
-    fail(std::string(fn) + ": " + an + " " + shape_str(a) + " and " + bn + " " + shape_str(b) +
-         " must have the same number of elements");
-}
-
 void same_shape(const char* fn, const py::array& a, const char* an, const py::array& b,
                 const char* bn) {
   bool ok = a.ndim() == b.ndim();
@@ -47,12 +40,6 @@ float scalar(const FArr& a, const char* fn, const char* name) {
 }
 
 // Flat (start, end) vertices over n elements.
-py::ssize_t flat_vertices(const IArr& v, py::ssize_t n, const char* fn) {
-  const py::ssize_t V = check_vertices(v, 2, fn);
-  check_range_cols(v, 0, n, fn, "element (start, end)");
-  return V;
-}
-
 // Labels: any integer array (int64 expected) of shape (N,), every value in [0, K).
 LArr checked_labels(const py::array& labels, int64_t N, int64_t K, const char* fn) {
   const char kind = labels.dtype().kind();
@@ -133,9 +120,9 @@ void exp_scaled(const float* x, int64_t K, float mx, float s, float* o) {
 void relu_backward(const FArr& y, const FArr& dy, py::array out, const IArr& vertices) {
   const char* fn = "relu_backward";
   float* o = out_ptr(out, fn);
-  same_size(fn, y, "y", out, "out");
-  same_size(fn, dy, "dy", out, "out");
-  const py::ssize_t V = flat_vertices(vertices, out.size(), fn);
+  check_same_size(fn, y, "y", out, "out");
+  check_same_size(fn, dy, "dy", out, "out");
+  const py::ssize_t V = check_flat_vertices(vertices, out.size(), fn);
   const float* yp = y.data();
   const float* gp = dy.data();
   const int32_t* vt = vertices.data();
@@ -300,10 +287,10 @@ void sgd_direction(const FArr& g, const FArr& w, std::optional<FArr> v, py::arra
                    double momentum, double weight_decay, const IArr& vertices) {
   const char* fn = "sgd_direction";
   float* o = out_ptr(out, fn);
-  same_size(fn, g, "g", out, "out");
-  same_size(fn, w, "w", out, "out");
-  if (v) same_size(fn, *v, "v", out, "out");
-  const py::ssize_t V = flat_vertices(vertices, out.size(), fn);
+  check_same_size(fn, g, "g", out, "out");
+  check_same_size(fn, w, "w", out, "out");
+  if (v) check_same_size(fn, *v, "v", out, "out");
+  const py::ssize_t V = check_flat_vertices(vertices, out.size(), fn);
   const float* gp = g.data();
   const float* wp = w.data();
   const float* vp = v ? v->data() : nullptr;
@@ -327,10 +314,10 @@ void sgd_direction(const FArr& g, const FArr& w, std::optional<FArr> v, py::arra
 void sgd_apply(const FArr& w, const FArr& d, const FArr& lr, py::array out, const IArr& vertices) {
   const char* fn = "sgd_apply";
   float* o = out_ptr(out, fn);
-  same_size(fn, w, "w", out, "out");
-  same_size(fn, d, "d", out, "out");
+  check_same_size(fn, w, "w", out, "out");
+  check_same_size(fn, d, "d", out, "out");
   const float a = scalar(lr, fn, "lr");
-  const py::ssize_t V = flat_vertices(vertices, out.size(), fn);
+  const py::ssize_t V = check_flat_vertices(vertices, out.size(), fn);
   const float* wp = w.data();
   const float* dp = d.data();
   const int32_t* vt = vertices.data();
@@ -348,9 +335,9 @@ void adam_moment(const FArr& m, const FArr& g, py::array out, double beta, bool 
                  const IArr& vertices) {
   const char* fn = "adam_moment";
   float* o = out_ptr(out, fn);
-  same_size(fn, m, "m", out, "out");
-  same_size(fn, g, "g", out, "out");
-  const py::ssize_t V = flat_vertices(vertices, out.size(), fn);
+  check_same_size(fn, m, "m", out, "out");
+  check_same_size(fn, g, "g", out, "out");
+  const py::ssize_t V = check_flat_vertices(vertices, out.size(), fn);
   const float* mp = m.data();
   const float* gp = g.data();
   const float b = float(beta), c = float(1.0 - beta);
@@ -376,11 +363,11 @@ void adam_apply(const FArr& w, const FArr& m, const FArr& v, const FArr& lr, con
                 py::array out, double beta1, double beta2, double eps, const IArr& vertices) {
   const char* fn = "adam_apply";
   float* o = out_ptr(out, fn);
-  same_size(fn, w, "w", out, "out");
-  same_size(fn, m, "m", out, "out");
-  same_size(fn, v, "v", out, "out");
+  check_same_size(fn, w, "w", out, "out");
+  check_same_size(fn, m, "m", out, "out");
+  check_same_size(fn, v, "v", out, "out");
   const double a = scalar(lr, fn, "lr"), t = scalar(step, fn, "step");
-  const py::ssize_t V = flat_vertices(vertices, out.size(), fn);
+  const py::ssize_t V = check_flat_vertices(vertices, out.size(), fn);
   const double bc1 = 1.0 - std::pow(beta1, t), bc2 = 1.0 - std::pow(beta2, t);
   const float step_size = float(a / bc1), inv_sqrt_bc2 = float(1.0 / std::sqrt(bc2));
   const float ep = float(eps);

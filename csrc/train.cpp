@@ -265,13 +265,6 @@ ChanGeom chan_geom(const char* fn, const py::array& x, const char* xname, int64_
   return g;
 }
 
-void check_same_size(const char* fn, const py::array& a, const char* an, const py::array& b,
-                     const char* bn) {
-  if (a.size() != b.size())
-    fail(std::string(fn) + ": " + an + " " + shape_str(a) + " and " + bn + " " + shape_str(b) +
-         " must have the same number of elements");
-}
-
 void check_shape2(const char* fn, const py::array& a, const char* name, int64_t r, int64_t c) {
   if (a.ndim() != 2 || a.shape(0) != r || a.shape(1) != c)
     fail(std::string(fn) + ": " + name + " has shape " + shape_str(a) + ", expected (" + i2s(r) +
@@ -624,12 +617,6 @@ void chan_map_range(const ChanGeom& g, const float* x, const float* dy, const fl
   }
 }
 
-py::ssize_t flat_vertices(const char* fn, const IArr& vertices, int64_t n) {
-  const py::ssize_t V = check_vertices(vertices, 2, fn);
-  check_range_cols(vertices, 0, n, fn, "element (start, end)");
-  return V;
-}
-
 void batch_norm_train(const FArr& x, const FArr& gamma, const FArr& beta, const FArr& stats,
                       py::array out, int64_t inner, double eps, const IArr& vertices) {
   const char* fn = "batch_norm_train";
@@ -641,7 +628,7 @@ void batch_norm_train(const FArr& x, const FArr& gamma, const FArr& beta, const 
   check_shape1(fn, beta, "beta", C);
   check_shape2(fn, stats, "stats", 2, C);
   check_eps(fn, eps);
-  const py::ssize_t V = flat_vertices(fn, vertices, out.size());
+  const py::ssize_t V = check_flat_vertices(vertices, out.size(), fn);
   std::vector<float> q(static_cast<size_t>(C)), m(q), r(q);
   const float* gp = gamma.data();
   const float* bp = beta.data();
@@ -673,7 +660,7 @@ void batch_norm_backward(const FArr& dy, const FArr& x, const FArr& gamma, const
   check_shape2(fn, stats, "stats", 2, C);
   check_shape2(fn, gstats, "gstats", 2, C);
   check_eps(fn, eps);
-  const py::ssize_t V = flat_vertices(fn, vertices, out.size());
+  const py::ssize_t V = check_flat_vertices(vertices, out.size(), fn);
   std::vector<float> p(static_cast<size_t>(C)), q(p), m(p), r(p);
   const float* gp = gamma.data();
   const float* sp = stats.data();
@@ -713,7 +700,7 @@ void running_stat_update(const FArr& running, const FArr& stats, py::array out, 
   if (row == 1 && count < 2)
     fail(std::string(fn) + ": the unbiased variance needs count >= 2 values per channel, got " +
          i2s(count));
-  const py::ssize_t V = flat_vertices(fn, vertices, C);
+  const py::ssize_t V = check_flat_vertices(vertices, C, fn);
   const double corr = row == 1 ? double(count) / double(count - 1) : 1.0;
   const float a = float(1.0 - momentum), b = float(momentum * corr);
   const float* rp = running.data();
@@ -738,7 +725,7 @@ void select_rows(const FArr& t, py::array out, int64_t index, const IArr& vertic
   if (index < 0 || index >= R)
     fail(std::string(fn) + ": index " + i2s(index) + " outside [0, " + i2s(R) + ") of t " +
          shape_str(t));
-  const py::ssize_t V = flat_vertices(fn, vertices, S);
+  const py::ssize_t V = check_flat_vertices(vertices, S, fn);
   check_no_overlap(fn, out, t, "t");
   const float* src = t.data() + index * S;
   const int32_t* vt = vertices.data();

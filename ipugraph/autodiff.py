@@ -56,7 +56,7 @@ def grad(graph: Graph, loss: Tensor, wrt=None) -> dict[str, Tensor]:
         unused = [t.name for t in targets if t.name not in path]
         if unused:
             raise GraphError(f"grad: the loss '{loss.name}' does not depend on {unused}")
-    forward = [n for n in graph.nodes if n.output.name in path and n.output.name != ""]
+    forward = [n for n in graph.nodes if n.output.name in path]
     seed = graph.constant(np.ones(loss.shape, DTYPES[loss.dtype]),
                           name=graph._fresh_name(f"{loss.name}.grad_seed"))
     pending: dict[str, list[Tensor]] = {loss.name: [seed]}
@@ -64,7 +64,7 @@ def grad(graph: Graph, loss: Tensor, wrt=None) -> dict[str, Tensor]:
     def total(t: Tensor, scope: str) -> Tensor:
         parts = pending.pop(t.name)
         acc = parts[0]
-        for k, part in enumerate(parts[1:]):
+        for part in parts[1:]:
             with _as(graph, scope):
                 acc = ops.add(acc, part, name=graph._fresh_name(f"{t.name}.grad_sum"))
         return acc

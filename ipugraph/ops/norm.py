@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import DTYPES, GraphError, Tensor
+from ..graph import GraphError, Tensor
 from .registry import Cost, defop, elementwise_space, expect_float, expect_rank, fail, grad_name
 
 
