@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from .epilogue import LAUNCH_OPTIONS, check_epilogue, check_no_overlap, check_tensor, \
-    configs, decode_pixels, dot_in_fp32, input_precision, store_epilogue
+    configs, decode_pixels, dot_in_fp32, input_precision, pair, store_epilogue
 from .matmul import matmul
 
 CONV_CONFIGS = configs(
@@ -182,13 +182,6 @@ def pack_weight(w: torch.Tensor, groups: int) -> torch.Tensor:
             .reshape(groups, r * s * cg, kg).contiguous())
 
 
-def _pair(v) -> tuple[int, int]:
-    if isinstance(v, int):
-        return v, v
-    a, b = v
-    return int(a), int(b)
-
-
 def conv2d_nhwc(x: torch.Tensor, w_packed: torch.Tensor, kernel_size, bias=None, residual=None,
                 out=None, *, stride=1, padding=0, dilation=1, groups: int = 1,
                 relu: bool = False, allow_tf32: bool = False,
@@ -203,8 +196,8 @@ def conv2d_nhwc(x: torch.Tensor, w_packed: torch.Tensor, kernel_size, bias=None,
     if x.dim() != 4:
         raise ValueError(f"conv2d: x must be NHWC [N, H, W, C], got shape {tuple(x.shape)}")
     n, h, wd, c = x.shape
-    r, s = _pair(kernel_size)
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    r, s = pair(kernel_size)
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
     if groups < 1 or c % groups:
         raise ValueError(f"conv2d: {c} input channels are not divisible by groups={groups}")
     cg = c // groups

@@ -38,7 +38,7 @@ import triton.language as tl
 
 from .conv import GATHER_BELOW_CHANNELS, conv_out_size
 from .epilogue import INTERPRET, LAUNCH_OPTIONS, check_no_overlap, check_tensor, configs, \
-    decode_pixels, dot_in_fp32, input_precision
+    decode_pixels, dot_in_fp32, input_precision, pair
 
 DGRAD_CONFIGS = configs(
     [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
@@ -292,20 +292,10 @@ def sum_splits_kernel(ws_ptr, out_ptr, numel, SPLIT, BLOCK: tl.constexpr):
 
 # -- host side -------------------------------------------------------------------------------
 
-def _pair(v, what: str) -> tuple[int, int]:
-    if isinstance(v, int):
-        return v, v
-    try:
-        a, b = v
-        return int(a), int(b)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what}: expected an int or a pair, got {v!r}") from None
-
-
 def _geometry(what, stride, padding, dilation):
-    (sh, sw), (ph, pw), (dh, dw) = (_pair(stride, f"{what} stride"),
-                                    _pair(padding, f"{what} padding"),
-                                    _pair(dilation, f"{what} dilation"))
+    (sh, sw), (ph, pw), (dh, dw) = (pair(stride, f"{what} stride"),
+                                    pair(padding, f"{what} padding"),
+                                    pair(dilation, f"{what} dilation"))
     if min(sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
         raise ValueError(f"{what}: stride {(sh, sw)} and dilation {(dh, dw)} must be >= 1, "
                          f"padding {(ph, pw)} >= 0")
@@ -341,7 +331,7 @@ def conv2d_backward_data_nhwc(dy: torch.Tensor, w: torch.Tensor, input_size, out
         raise ValueError(f"{what}: w has {kw_} output channels, dy has {k}")
     if not isinstance(groups, int) or groups < 1 or k % groups:
         raise ValueError(f"{what}: {k} output channels are not divisible by groups={groups}")
-    h, wd = _pair(input_size, f"{what} input_size")
+    h, wd = pair(input_size, f"{what} input_size")
     geo = _geometry(what, stride, padding, dilation)
     _check_fit(what, h, wd, r, s, geo, oh, ow)
     kg, c = k // groups, cg * groups
@@ -410,7 +400,7 @@ def conv2d_backward_weight_nhwc(x: torch.Tensor, dy: torch.Tensor, kernel_size, 
     n2, oh, ow, k = dy.shape
     if n2 != n:
         raise ValueError(f"{what}: x has batch {n}, dy has {n2}")
-    r, s = _pair(kernel_size, f"{what} kernel")
+    r, s = pair(kernel_size, f"{what} kernel")
     if not isinstance(groups, int) or groups < 1 or c % groups or k % groups:
         raise ValueError(f"{what}: channels {c} -> {k} are not divisible by groups={groups}")
     geo = _geometry(what, stride, padding, dilation)

@@ -138,3 +138,14 @@ def check_epilogue(out, bias, residual, channels: int, what: str):
     if residual is not None:
         check_tensor(residual, f"{what} residual", shape=tuple(out.shape), dtype=out.dtype,
                      device=out.device)
+
+
+def pair(v, what: str = "argument") -> tuple[int, int]:
+    """An int or a pair of ints (kernel, stride, padding, dilation) as a pair."""
+    if isinstance(v, int):
+        return v, v
+    try:
+        a, b = v
+        return int(a), int(b)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: expected an int or a pair, got {v!r}") from None

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .epilogue import LAUNCH_OPTIONS, check_no_overlap, check_tensor, configs, decode_pixels
+from .epilogue import LAUNCH_OPTIONS, check_no_overlap, check_tensor, configs, decode_pixels, pair
 
 POOL_CONFIGS = configs(
     [triton.Config({"BLOCK_M": 32, "BLOCK_C": 64}, num_warps=4),
@@ -104,20 +104,13 @@ def global_avg_pool_nhwc_kernel(x_ptr, out_ptr, HW, C,
 
 # -- host side -------------------------------------------------------------------------------
 
-def _pair(v) -> tuple[int, int]:
-    if isinstance(v, int):
-        return v, v
-    a, b = v
-    return int(a), int(b)
-
-
 def _pool2d(x, out, kernel, stride, padding, dilation, is_max, count_include_pad, what):
     check_tensor(x, f"{what} x")
     if x.dim() != 4:
         raise ValueError(f"{what}: x must be NHWC [N, H, W, C], got shape {tuple(x.shape)}")
     n, h, w, c = x.shape
-    (kh, kw), (sh, sw) = _pair(kernel), _pair(stride)
-    (ph, pw), (dh, dw) = _pair(padding), _pair(dilation)
+    (kh, kw), (sh, sw) = pair(kernel), pair(stride)
+    (ph, pw), (dh, dw) = pair(padding), pair(dilation)
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     if min(kh, kw, sh, sw, dh, dw) < 1 or min(ph, pw) < 0 or 2 * ph > kh or 2 * pw > kw \

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .epilogue import INTERPRET, LAUNCH_OPTIONS, check_no_overlap, check_tensor, configs, \
-    decode_pixels
+    decode_pixels, pair
 
 POOL_CONFIGS = configs(
     [triton.Config({"BLOCK_M": 32, "BLOCK_C": 64}, num_warps=4),
@@ -396,22 +396,12 @@ def cross_entropy_backward_kernel(x_ptr, labels_ptr, dloss_ptr, out_ptr, n_cols,
 
 # == host side ==================================================================================
 
-def _pair(v, what: str) -> tuple[int, int]:
-    if isinstance(v, int):
-        return v, v
-    try:
-        a, b = v
-        return int(a), int(b)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what}: expected an int or a pair, got {v!r}") from None
-
-
 def _pool_geometry(what, x_hw, dy_shape, kernel, stride, padding, dilation):
     h, w = x_hw
-    (kh, kw), (ph, pw), (dh, dw) = (_pair(kernel, f"{what} kernel"),
-                                    _pair(padding, f"{what} padding"),
-                                    _pair(dilation, f"{what} dilation"))
-    sh, sw = _pair(kernel if stride is None else stride, f"{what} stride")
+    (kh, kw), (ph, pw), (dh, dw) = (pair(kernel, f"{what} kernel"),
+                                    pair(padding, f"{what} padding"),
+                                    pair(dilation, f"{what} dilation"))
+    sh, sw = pair(kernel if stride is None else stride, f"{what} stride")
     if min(kh, kw, sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
         raise ValueError(f"{what}: window {(kh, kw)}, stride {(sh, sw)}, padding {(ph, pw)}, "
                          f"dilation {(dh, dw)} is invalid")
@@ -473,7 +463,7 @@ def avg_pool2d_backward_nhwc(dy: torch.Tensor, input_size, kernel, stride=None, 
     if dy.dim() != 4:
         raise ValueError(f"{what}: dy must be NHWC, got shape {tuple(dy.shape)}")
     n, oh, ow, c = dy.shape
-    h, w = _pair(input_size, f"{what} input_size")
+    h, w = pair(input_size, f"{what} input_size")
     geo = _pool_geometry(what, (h, w), (oh, ow), kernel, stride, padding, 1)
     kh, kw = geo[:2]
     if out is None:
