@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Tensor
+from ..space import Region
 from .registry import (Cost, Dim, Space, defop, expect_float, expect_rank, fail, grad_name,
                        pair)
 
@@ -63,7 +64,6 @@ def _conv2d_space(node, target) -> Space:
     """Split over batch, output channels, output rows and columns (the field), and, as PopLibs'
     conv planner also does, over input channels (within a group) and kernel rows: those two make
     partial sums that a reduction step adds up."""
-    from ..planner.regions import Region
     x, w = node.inputs[0], node.inputs[1]
     _, c, h, wd = x.shape
     k_total, cg, r, s = w.shape
@@ -199,7 +199,6 @@ def _bwd_data_space(node, target) -> Space:
     """Split over the batch, input channels and input rows/columns of dx (what a tile writes)
     and over the output channels k of a group (partial sums reduced afterwards), as PopLibs
     plans the backward pass: a convolution of dy with the flipped, transposed weights."""
-    from ..planner.regions import Region
     dy, w = node.inputs
     (sh, sw), (ph, pw), (dh, dw), groups = _conv_geometry(node.attrs)
     k_total, cg, r, s = w.shape
@@ -251,7 +250,6 @@ def _bwd_weight_space(node, target) -> Space:
     """Split over the weight gradient's out-channels, in-channels and kernel rows (what a tile
     writes) and over the batch and output rows (the reduction: partial weight gradients that a
     reduction step adds up across tiles, PopLibs' weight-update pass)."""
-    from ..planner.regions import Region
     x, dy = node.inputs
     (sh, sw), (ph, pw), (dh, dw), groups = _conv_geometry(node.attrs)
     k_total, cg, r, s = node.output.shape

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Tensor
+from ..space import Region
 from .registry import Cost, Dim, Space, defop, expect_float, expect_rank, fail, grad_name
 
 
@@ -50,7 +51,6 @@ def _gemm_cost(node) -> Cost:
 def _gemm_space(node, target) -> Space:
     """PopLibs plans a matmul as a 1-D conv (in-channels K, out-channels N): split over rows of
     the output (the field), its columns (out-channels) and the reduction dim K (partial sums)."""
-    from ..planner.regions import Region
     m, k, n = _gemm_dims(node)
     item = node.output.itemsize
     a_t, w_t = node.inputs[0], node.inputs[1]

@@ -5,6 +5,7 @@ import numpy as np
 
 from ..graph import Tensor
 from .conv import conv_out_size
+from ..space import Region
 from .registry import (Cost, Dim, Space, defop, expect_float, expect_rank, fail, grad_name,
                        pair)
 
@@ -51,7 +52,6 @@ def _pool_space(node, target) -> Space:
         return (out * kh * kw, sn * sc * rows_in * w_in * x.itemsize, np.zeros_like(out),
                 out * x.itemsize)
     def boxes(table):
-        from ..planner.regions import Region
         n0, n1, c0, c1, oh0, oh1 = table.T.astype(np.int64)
         ih0 = np.clip(oh0 * sh - ph, 0, x.shape[2])
         ih1 = np.clip((oh1 - 1) * sh - ph + (kh - 1) * dh + 1, 0, x.shape[2])
@@ -112,7 +112,6 @@ def _gap_space(node, target) -> Space:
         sn, sc = sizes[..., 0], sizes[..., 1]
         return sn * sc * hw, sn * sc * hw * x.itemsize, np.zeros_like(sn), sn * sc * x.itemsize
     def boxes(table):
-        from ..planner.regions import Region
         n0, n1, c0, c1 = table.T.astype(np.int64)
         zero, one = np.zeros_like(n0), np.ones_like(n0)
         out = Region.boxes(np.stack([n0, c0, zero, zero], 1), np.stack([n1, c1, one, one], 1))
@@ -185,7 +184,6 @@ def _pool_bwd_infer(opname):
 def _pool_bwd_space(node, target) -> Space:
     """Split over the batch, channels and rows of dx; a vertex reads the dy rows (and, for max,
     the x rows of the windows) that touch its rows."""
-    from ..planner.regions import Region
     dy = node.inputs[-1]
     (kh, kw), (sh, _), (ph, _) = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
     dh = node.attrs.get("dilation", (1, 1))[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Tensor
+from ..space import Region
 from .registry import Cost, Dim, Space, defop, elementwise_space, expect_float, fail
 
 
@@ -23,7 +24,6 @@ def channel_space(node, target) -> Space:
     into partial per-channel sums that a reduction step adds up across tiles, as PopLibs
     reduces batch-norm statistics). A vertex reads its box of every operand shaped like x and
     its channel range of the per-channel ones ([C], [2, C])."""
-    from ..planner.regions import Region
     big = node.inputs[0]
     n, c = big.shape[:2]
     rows = big.shape[2] if big.ndim > 2 else 1

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..graph import GraphError, Tensor
+from ..space import Dim, Region, Space, flat_region, full_region
 
 OPS: dict[str, "OpDef"] = {}
 
@@ -33,49 +34,6 @@ class Cost:
     flops: int = 0           # all floating-point operations (2 per MAC plus the rest)
     bytes_in: int = 0        # activations and weights read
     bytes_out: int = 0       # results written
-
-
-@dataclass(frozen=True)
-class Dim:
-    """One splittable dimension of an op's iteration space. A split's slices are whole
-    multiples of grain elements (the codelet's vector width), except the last."""
-    name: str
-    extent: int
-    grain: int = 1
-
-
-@dataclass
-class Space:
-    """What the planner partitions. `dims` are in vertex-table column order: a vertex row is
-    (lo0, hi0, lo1, hi1, ...). `slice_cost(sizes)` takes an int64 array [..., len(dims)] of slice
-    extents and returns (work, in_bytes, weight_bytes, out_bytes) arrays: what one vertex with
-    that slice computes (in MAC-equivalent operations) and must hold on its tile.
-
-    `boxes(table)` says which elements each vertex of a vertex table writes and reads, in the
-    tensors' logical coordinates: (output Region, [(input tensor, Region), ...]); the planner
-    turns these into tile mappings and exchange. `reduce_dims` are dims whose split makes
-    partial sums (conv input channels and kernel rows, a matmul's K): their vertices write
-    partials that a reduction step adds up. `codelet` is "supervisor" for codelets that spread
-    one vertex over all of a tile's worker threads (conv, matmul, as PopLibs' AMP vertices do) or
-    "worker" for one-thread vertices (pooling, elementwise); `rate` is which throughput their work
-    runs at: "macs" (the AMP / FMA units) or "vector" (plain vector arithmetic). `reduce_region`
-    maps a reduction vertex's kept-dim box to the output elements it writes, when those dims
-    are not simply the output's axes (a per-channel reduction into [2, C])."""
-    dims: tuple[Dim, ...]
-    slice_cost: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
-    boxes: Callable | None = None
-    reduce_dims: tuple[str, ...] = ()
-    codelet: str = "worker"
-    rate: str = "vector"
-    reduce_region: Callable | None = None
-
-    # reduce_region(kept) -> Region: the output elements each reduction vertex writes, from its
-    # (lo, hi) columns of the dims that are not reduce dims; by default those dims are the
-    # output's axes in order (conv: n, k, oh, ow; gemm: m, n).
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(d.name for d in self.dims)
 
 
 @dataclass
@@ -164,7 +122,6 @@ def elementwise_space(node, target) -> Space:
     output tensor's tile mapping; a flat range is that mapping's simplest form). An operand of
     the output's size is read over the same range; a smaller one (batch-norm's per-channel
     parameters) is read whole."""
-    from ..planner.regions import flat_region, full_region
     out = node.output
     nin = len(node.inputs)
 
@@ -188,7 +145,6 @@ def grad_name(node, what: str) -> str:
 
 def scalar_space(node, target) -> Space:
     """One vertex for the whole op (a scalar result, e.g. a loss): nothing to split."""
-    from ..planner.regions import full_region
     out = node.output
     total = sum(t.nbytes for t in node.inputs)
 
@@ -206,7 +162,6 @@ def scalar_space(node, target) -> Space:
 def rows_space(node, target, rows: int, cols: int) -> Space:
     """Split over the rows of a row-wise op whose output and same-sized inputs are [rows, cols]
     (row-major); smaller operands (labels, scalars) are read whole."""
-    from ..planner.regions import flat_region, full_region
     out = node.output
 
     def slice_cost(sizes):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Tensor
+from ..space import Region
 from .registry import Cost, Dim, Space, defop, elementwise_space, fail, grad_name
 
 
@@ -51,7 +52,6 @@ def _transpose_infer(node, inputs, attrs):
 
 def _transpose_space(node, target) -> Space:
     """Split over rows of the output = columns of the input."""
-    from ..planner.regions import Region
     a = node.inputs[0]
     rows, cols = node.output.shape
 

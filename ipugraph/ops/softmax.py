@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Tensor
+from ..space import flat_region
 from .registry import (Cost, Dim, Space, defop, expect_float, expect_rank, fail, grad_name,
                        rows_space, scalar_space)
 
@@ -26,7 +27,6 @@ def _softmax_space(node, target) -> Space:
         b = sizes[..., 0] * cols * x.itemsize
         return sizes[..., 0] * cols * 4, b, np.zeros_like(b), b
     def boxes(table):
-        from ..planner.regions import flat_region
         region = flat_region(x.shape, table[:, 0] * cols, table[:, 1] * cols)
         return region, [(x, region)]
     return Space((Dim("row", x.size // cols),), slice_cost, boxes)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..ops.registry import Space
+from ..space import Space
 from . import cost as costmodel
 
 

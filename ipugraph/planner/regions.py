@@ -1,4 +1,4 @@
-"""Boxes of tensor elements, and tile mappings built from them.
+"""Tile mappings: which tile holds which elements of a tensor (built from Regions, ipugraph/space.py).
 
 A Region is a set of axis-aligned boxes in a tensor's logical index space, each tagged with the
 vertex it belongs to (a vertex may own several boxes: a flat element range of an elementwise op
@@ -12,82 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass
-class Region:
-    vid: np.ndarray          # int64 [B]: the vertex each box belongs to
-    lo: np.ndarray           # int64 [B, rank]
-    hi: np.ndarray           # int64 [B, rank]
-
-    @staticmethod
-    def boxes(lo, hi) -> "Region":
-        lo = np.asarray(lo, dtype=np.int64)
-        hi = np.asarray(hi, dtype=np.int64)
-        return Region(np.arange(len(lo), dtype=np.int64), lo, hi)
-
-    def volume(self) -> np.ndarray:
-        return np.prod(np.maximum(self.hi - self.lo, 0), axis=1)
-
-    def per_vertex(self, values: np.ndarray, num_vertices: int) -> np.ndarray:
-        return np.bincount(self.vid, weights=values, minlength=num_vertices)
-
-
-def full_region(shape, num_vertices: int) -> Region:
-    """Every vertex needs the whole tensor (small operands such as a bias; a scalar is one
-    element, as in flat_region)."""
-    shape = tuple(int(s) for s in shape) or (1,)
-    rank = len(shape)
-    lo = np.zeros((num_vertices, rank), dtype=np.int64)
-    hi = np.tile(np.asarray(shape, dtype=np.int64), (num_vertices, 1))
-    return Region.boxes(lo, hi)
-
-
-def flat_region(shape, start: np.ndarray, stop: np.ndarray) -> Region:
-    """The boxes of row-major element ranges [start[v], stop[v]) of a tensor of `shape`: per
-    range, a head that climbs to ever coarser block boundaries, then a tail that descends to
-    the range's end (at most 2·rank - 1 boxes), computed for all ranges at once, level by level.
-    Boxes come ordered by vertex, then by address."""
-    shape = tuple(int(s) for s in shape) or (1,)
-    rank = len(shape)
-    dims = np.asarray(shape, np.int64)
-    st = np.ones(rank, np.int64)                       # st[k]: elements per step of axis k
-    for k in range(rank - 2, -1, -1):
-        st[k] = st[k + 1] * dims[k + 1]
-    a = np.asarray(start, np.int64).reshape(-1).copy()
-    b = np.asarray(stop, np.int64).reshape(-1)
-    vid_all = np.arange(len(a), dtype=np.int64)
-    vids, los, his, addr = [], [], [], []
-
-    def emit(k, lo_flat, hi_flat):
-        m = hi_flat > lo_flat
-        if not m.any():
-            return
-        a0, a1 = lo_flat[m], hi_flat[m]
-        coords = (a0[:, None] // st[None, :]) % dims[None, :]
-        hi = coords + 1
-        hi[:, k] = coords[:, k] + (a1 - a0) // st[k]
-        hi[:, k + 1:] = dims[k + 1:]
-        vids.append(vid_all[m])
-        los.append(coords)
-        his.append(hi)
-        addr.append(a0)
-
-    for k in range(rank - 1, 0, -1):                   # head: up to the next st[k-1] boundary
-        up = st[k - 1]
-        nb = np.minimum(-(-a // up) * up, (b // st[k]) * st[k])
-        nb = np.maximum(nb, a)
-        emit(k, a, nb)
-        a = nb
-    for k in range(rank):                              # tail: whole blocks, finer and finer
-        nb = np.maximum((b // st[k]) * st[k], a)
-        emit(k, a, nb)
-        a = nb
-    if not vids:
-        empty = np.zeros((0, rank), dtype=np.int64)
-        return Region(np.zeros(0, dtype=np.int64), empty, empty.copy())
-    vid, lo, hi, at = (np.concatenate(x) for x in (vids, los, his, addr))
-    order = np.lexsort((at, vid))
-    return Region(vid[order], lo[order], hi[order])
+from ..space import Region, flat_region, full_region  # noqa: F401  (re-exported)
 
 
 @dataclass
