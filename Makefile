@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ipugraph-installed
 EXT    := ipugraph/.ext-stamp
-CSRC   := $(wildcard csrc/*.cpp csrc/*.h)
+CSRC   := $(wildcard csrc/*.cpp csrc/*.h) ipugraph/ops/pointwise.py
 BATCH  ?= 8
 
 .PHONY: all install ext sysdeps test bench clean
@@ -23,7 +23,7 @@ all: test
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "setuptools>=64" wheel "pybind11>=2.11"
+	$(PY) -m pip install -q "setuptools>=64" wheel "pybind11>=2.11" "numpy>=1.24"
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
 	touch $@ $(EXT)
 

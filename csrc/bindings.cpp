@@ -1,14 +1,18 @@
-// The extension module ipugraph._C: each op family registers its codelets.
+// The extension module ipugraph._C: each op family registers its codelets (one file per family,
+// mirrored by ipugraph/backends/cpu/ and the Triton kernels/).
 #include "common.h"
 
 namespace ipugraph {
+void register_pointwise(py::module& m);
 void register_conv(py::module& m);
+void register_conv_grad(py::module& m);
 void register_matmul(py::module& m);
 void register_pool(py::module& m);
-void register_elementwise(py::module& m);
-void register_conv_grad(py::module& m);
-void register_train(py::module& m);
-void register_optim(py::module& m);
+void register_norm(py::module& m);
+void register_reduce(py::module& m);
+void register_loss(py::module& m);
+void register_shape(py::module& m);
+void register_random(py::module& m);
 }  // namespace ipugraph
 
 PYBIND11_MODULE(_C, m) {
@@ -26,12 +30,15 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("build_flags") = "";
 #endif
+  ipugraph::register_pointwise(m);  // first: the others take its PointwiseProgram
   ipugraph::register_conv(m);
+  ipugraph::register_conv_grad(m);
   ipugraph::register_matmul(m);
   ipugraph::register_pool(m);
-  ipugraph::register_elementwise(m);
-  ipugraph::register_conv_grad(m);
-  ipugraph::register_train(m);
-  ipugraph::register_optim(m);
+  ipugraph::register_norm(m);
+  ipugraph::register_reduce(m);
+  ipugraph::register_loss(m);
+  ipugraph::register_shape(m);
+  ipugraph::register_random(m);
   m.def("num_threads", &ipugraph::max_threads, "OpenMP threads the codelets run on.");
 }

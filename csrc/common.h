@@ -115,6 +115,15 @@ inline py::ssize_t check_flat_vertices(const IArr& v, py::ssize_t n, const char*
   return V;
 }
 
+// The one vertex loop of the flat codelets: body(i0, i1, thread) for every (start, end) row of a
+// checked flat vertex table, in parallel, without the GIL (nothing in body may throw).
+template <class Body>
+void for_each_range(const int32_t* vt, py::ssize_t V, Body&& body) {
+  py::gil_scoped_release nogil;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (py::ssize_t v = 0; v < V; ++v) body(int64_t(vt[2 * v]), int64_t(vt[2 * v + 1]), thread_id());
+}
+
 inline void check_same_size(const char* fn, const py::array& a, const char* an,
                             const py::array& b, const char* bn) {
   if (a.size() != b.size())

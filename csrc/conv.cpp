@@ -24,7 +24,7 @@
 // layout (a segment is one row or one tap); a proper sub-range of the channels does not
 // (S*(c1-c0) floats of a kernel row are no longer contiguous), so it uses one segment per
 // tap of length c1-c0, as the Split mode does.
-#include "common.h"
+#include "pointwise.h"
 
 #include <optional>
 #include <pybind11/stl.h>
@@ -79,7 +79,8 @@ struct RedRange {
 // the box vx = (n0, n1, k0, k1, oh0, oh1, ow0, ow1) of `out` (an [N, OH, OW, K] array).
 void conv_vertex(const ConvGeom& g, Mode mode, const float* x, const float* wp, const float* bias,
                  const float* res, float* out, const int32_t* vx, const RedRange& red,
-                 const float* zeros, bool relu, Scratch& sc) {
+                 const float* zeros, bool relu, Scratch& sc,
+                 const PointwiseProgram* epi = nullptr, float* epi_scratch = nullptr) {
   const int64_t n0 = vx[0], n1 = vx[1], k0 = vx[2], k1 = vx[3];
   const int64_t oh0 = vx[4], oh1 = vx[5], ow0 = vx[6], ow1 = vx[7];
   const int64_t NV = n1 - n0, OHV = oh1 - oh0, OWV = ow1 - ow0;
@@ -207,6 +208,15 @@ void conv_vertex(const ConvGeom& g, Mode mode, const float* x, const float* wp, 
         t0 += P;
       }
     }
+    if (epi) {  // the fused pointwise epilogue over this chunk's pixels, still in cache
+      EpilogueRuns runs(epi, epi_scratch);
+      int64_t q = c0, n = q / (OHV * OWV), oh = (q / OWV) % OHV, ow = q % OWV;
+      for (; q < c1; ++q) {
+        const int64_t o = (((n0 + n) * g.OH + oh0 + oh) * g.OW + ow0 + ow) * g.K;
+        runs.add(o + k0, o + k1);
+        if (++ow == OWV) { ow = 0; if (++oh == OHV) { oh = 0; ++n; } }
+      }
+    }
   }
 }
 
@@ -296,7 +306,8 @@ void check_box_cols(const IArr& vertices, const ConvGeom& g, const char* fn) {
 void conv2d_nhwc(const FArr& x, const FArr& wp, std::optional<FArr> bias,
                  std::optional<FArr> residual, py::array out, const IArr& vertices, int64_t K,
                  int64_t R, int64_t S, int64_t stride_h, int64_t stride_w, int64_t pad_h,
-                 int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups, bool relu) {
+                 int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups, bool relu,
+                 const PointwiseProgram* epilogue) {
   const char* fn = "conv2d_nhwc";
   check_ndim(x, 4, fn, "x", "[N, H, W, C]");
   float* o = out_ptr(out, fn);
@@ -315,6 +326,7 @@ void conv2d_nhwc(const FArr& x, const FArr& wp, std::optional<FArr> bias,
   const py::ssize_t V = check_vertices(vertices, 8, fn);
   check_box_cols(vertices, g, fn);
 
+  check_epilogue(fn, epilogue, out);
   const Mode mode = conv_mode(g);
   ConvBuffers buf(g, mode != Mode::Split);
   const RedRange full{0, g.Cg, 0, g.R};
@@ -323,12 +335,16 @@ void conv2d_nhwc(const FArr& x, const FArr& wp, std::optional<FArr> bias,
   const float* bp = bias ? bias->data() : nullptr;
   const float* rp = residual ? residual->data() : nullptr;
   const int32_t* vt = vertices.data();
+  const int64_t per = epilogue ? epilogue->scratch_floats() : 0;
+  std::vector<float> epi_scratch(size_t(per) * size_t(max_threads()));
   {
     py::gil_scoped_release nogil;
 #pragma omp parallel for schedule(dynamic, 1)
-    for (py::ssize_t v = 0; v < V; ++v)
+    for (py::ssize_t v = 0; v < V; ++v) {
+      const int t = thread_id();
       conv_vertex(g, mode, xp, wpp, bp, rp, o, vt + 8 * v, full, buf.zeros.data(), relu,
-                  buf.scratch[thread_id()]);
+                  buf.scratch[t], epilogue, epi_scratch.data() + per * t);
+    }
   }
 }
 
@@ -386,8 +402,10 @@ void register_conv(py::module& m) {
         py::arg("residual"), py::arg("out"), py::arg("vertices"), py::arg("K"), py::arg("R"),
         py::arg("S"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
         py::arg("dil_h"), py::arg("dil_w"), py::arg("groups"), py::arg("relu"),
+        py::arg("epilogue") = nullptr,
         "out[n,oh,ow,k] = act(bias[k] + conv(x, w)[n,oh,ow,k] + residual[n,oh,ow,k]) for every "
-        "vertex row (n0,n1,k0,k1,oh0,oh1,ow0,ow1); NHWC, packed weights from pack_conv_weight.");
+        "vertex row (n0,n1,k0,k1,oh0,oh1,ow0,ow1); NHWC, packed weights from pack_conv_weight. "
+        "epilogue: a PointwiseProgram over out, run on each chunk of pixels once it is written.");
   m.def("conv2d_nhwc_partial", &conv2d_nhwc_partial, py::arg("x"), py::arg("wp"),
         py::arg("partials"), py::arg("vertices"), py::arg("K"), py::arg("R"), py::arg("S"),
         py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),

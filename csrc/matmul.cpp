@@ -10,7 +10,7 @@
 //
 // matmul_partial: a vertex may own only a range [k0, k1) of the reduction; it stores its partial
 // product (no epilogue) into one slab of partials [P, M, N], and reduce_partials sums the slabs.
-#include "common.h"
+#include "pointwise.h"
 
 #include <optional>
 #include <pybind11/stl.h>
@@ -44,7 +44,8 @@ py::array_t<float> pack_matmul_weight(const FArr& b, bool transposed) {
 // out[m0:m1, n0:n1] = act(bias + a[:, k0:k1] @ B[k0:k1, :]) for vx = (m0, m1, n0, n1); out is
 // [M, N] row-major, a [M, K], bp packed with the full K.
 void matmul_vertex(const float* a, const float* bp, const float* bias, float* out, int64_t K,
-                   int64_t N, const int32_t* vx, int64_t k0, int64_t k1, bool relu) {
+                   int64_t N, const int32_t* vx, int64_t k0, int64_t k1, bool relu,
+                   const PointwiseProgram* epi = nullptr, float* epi_scratch = nullptr) {
   const int64_t m0 = vx[0], m1 = vx[1], n0 = vx[2], n1 = vx[3];
   if (m1 <= m0 || n1 <= n0) return;
   const int64_t KR = k1 - k0;  // reduction length of this vertex
@@ -90,6 +91,10 @@ void matmul_vertex(const float* a, const float* bp, const float* bias, float* ou
         }
       }
     }
+    if (epi) {  // the fused pointwise epilogue over this chunk's rows, still in cache
+      EpilogueRuns runs(epi, epi_scratch);
+      for (int64_t m = c0; m < c1; ++m) runs.add(m * N + n0, m * N + n1);
+    }
   }
 }
 
@@ -102,7 +107,7 @@ void check_packed(const char* fn, const FArr& bp, int64_t K, int64_t N) {
 }
 
 void matmul(const FArr& a, const FArr& bp, int64_t N, std::optional<FArr> bias, py::array out,
-            const IArr& vertices, bool relu) {
+            const IArr& vertices, bool relu, const PointwiseProgram* epilogue) {
   const char* fn = "matmul";
   check_ndim(a, 2, fn, "a", "[M, K]");
   float* o = out_ptr(out, fn);
@@ -119,15 +124,19 @@ void matmul(const FArr& a, const FArr& bp, int64_t N, std::optional<FArr> bias, 
   const py::ssize_t V = check_vertices(vertices, 4, fn);
   check_range_cols(vertices, 0, M, fn, "row (m0, m1)");
   check_range_cols(vertices, 2, N, fn, "column (n0, n1)");
+  check_epilogue(fn, epilogue, out);
   const float* ap = a.data();
   const float* bpp = bp.data();
   const float* biasp = bias ? bias->data() : nullptr;
   const int32_t* vt = vertices.data();
+  const int64_t per = epilogue ? epilogue->scratch_floats() : 0;
+  std::vector<float> epi_scratch(size_t(per) * size_t(max_threads()));
   {
     py::gil_scoped_release nogil;
 #pragma omp parallel for schedule(dynamic, 1)
     for (py::ssize_t v = 0; v < V; ++v)
-      matmul_vertex(ap, bpp, biasp, o, K, N, vt + 4 * v, 0, K, relu);
+      matmul_vertex(ap, bpp, biasp, o, K, N, vt + 4 * v, 0, K, relu, epilogue,
+                    epi_scratch.data() + per * thread_id());
   }
 }
 
@@ -174,7 +183,9 @@ void register_matmul(py::module& m) {
         "b[N, K] (transposed=True, y = a @ b.T) into [ceil(N/16)][K][16] (1-D, zero padded).");
   m.def("matmul", &matmul, py::arg("a"), py::arg("bp"), py::arg("N"), py::arg("bias"),
         py::arg("out"), py::arg("vertices"), py::arg("relu") = false,
-        "out[m0:m1, n0:n1] = act(a @ B + bias) for every vertex row (m0, m1, n0, n1).");
+        py::arg("epilogue") = nullptr,
+        "out[m0:m1, n0:n1] = act(a @ B + bias) for every vertex row (m0, m1, n0, n1); epilogue: "
+        "a PointwiseProgram over out, run on each chunk of rows once it is written.");
   m.def("matmul_partial", &matmul_partial, py::arg("a"), py::arg("bp"), py::arg("N"),
         py::arg("partials"), py::arg("vertices"),
         "Partial products of a matmul split over its reduction dim: for every vertex row "

@@ -32,7 +32,7 @@ def grad(graph: Graph, loss: Tensor, wrt=None) -> dict[str, Tensor]:
     """Gradients of the scalar `loss` with respect to `wrt` (variables or their names; default:
     every trainable variable the loss depends on), appended to `graph`. Returns {variable name:
     gradient tensor}, in the order of `wrt` (default: graph.variables order)."""
-    graph._check_owned(loss, "grad: loss")
+    graph.check_owned(loss, "grad: loss")
     if loss.size != 1 or not loss.dtype.startswith("float"):
         raise GraphError(f"grad: the loss must be a floating-point scalar, got '{loss.name}' "
                          f"{loss.shape} {loss.dtype}")
@@ -44,7 +44,7 @@ def grad(graph: Graph, loss: Tensor, wrt=None) -> dict[str, Tensor]:
             t = graph.variables.get(item) if isinstance(item, str) else item
             if t is None:
                 raise GraphError(f"grad: '{item}' is not a variable of graph '{graph.name}'")
-            graph._check_owned(t, "grad: wrt")
+            graph.check_owned(t, "grad: wrt")
             if t.kind != "variable":
                 raise GraphError(f"grad: '{t.name}' is {t.kind}, not a variable")
             targets.append(t)
@@ -58,7 +58,7 @@ def grad(graph: Graph, loss: Tensor, wrt=None) -> dict[str, Tensor]:
             raise GraphError(f"grad: the loss '{loss.name}' does not depend on {unused}")
     forward = [n for n in graph.nodes if n.output.name in path]
     seed = graph.constant(np.ones(loss.shape, DTYPES[loss.dtype]),
-                          name=graph._fresh_name(f"{loss.name}.grad_seed"))
+                          name=graph.fresh_name(f"{loss.name}.grad_seed"))
     pending: dict[str, list[Tensor]] = {loss.name: [seed]}
 
     def total(t: Tensor, scope: str) -> Tensor:
@@ -66,7 +66,7 @@ def grad(graph: Graph, loss: Tensor, wrt=None) -> dict[str, Tensor]:
         acc = parts[0]
         for part in parts[1:]:
             with _as(graph, scope):
-                acc = ops.add(acc, part, name=graph._fresh_name(f"{t.name}.grad_sum"))
+                acc = ops.add(acc, part, name=graph.fresh_name(f"{t.name}.grad_sum"))
         return acc
 
     for node in reversed(forward):

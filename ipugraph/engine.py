@@ -1,6 +1,8 @@
 """compile() and Engine: plan (if not given a plan), lower, hand the Program to a backend."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from .graph import DTYPES, Graph, GraphError
@@ -59,17 +61,27 @@ class Engine:
             checked[name] = a
         return checked
 
-    def run(self, feeds: dict) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict, profile: bool = False) -> dict[str, np.ndarray]:
         """Run once; returns {output name: array}: fresh NumPy arrays, safe to keep (a backend
-        that takes torch tensors, e.g. triton, returns device tensors for torch feeds). Then
-        the graph's assigned values (optimizer steps, running statistics) are written into
-        their variables, for the next run and for the caller to read."""
-        out = self._exe.run(self.check_feeds(feeds))
-        for name, t in self.graph.updates.items():
-            self.graph.variables[name].value = self._exe.read(t)
-        return out
+        that takes torch tensors, e.g. triton, returns device tensors for torch feeds). The
+        graph's assigned values (optimizer steps, running statistics) are written into their
+        variables, which stay in this engine until read (Tensor.value, Engine.variables).
+
+        Thread-safe: runs of the engines built on one graph are serialised (they share its
+        variables). profile=True times every compute set; the result is `last_profile`."""
+        return self._exe.run(self.check_feeds(feeds), profile=profile)
 
     __call__ = run
+
+    @property
+    def last_profile(self):
+        """The Profile of the last run(profile=True) (cpu and triton backends)."""
+        return getattr(self._exe, "last_profile", None)
+
+    @property
+    def variables(self) -> Mapping:
+        """{name: current value} of the graph's variables, read on demand (read-only arrays)."""
+        return _Values(self.graph)
 
     def __repr__(self) -> str:
         return (f"Engine(graph='{self.graph.name}', backend='{self.backend}', "
@@ -89,3 +101,17 @@ def compile(graph: Graph, backend: str = "cpu", plan: Plan | None = None, target
     program = lower(plan)
     factory = get_backend(backend)
     return Engine(graph, plan, program, backend, factory(program, **options))
+
+
+class _Values(Mapping):
+    def __init__(self, graph: Graph):
+        self._vars = graph.variables
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._vars[name].value
+
+    def __iter__(self):
+        return iter(self._vars)
+
+    def __len__(self) -> int:
+        return len(self._vars)

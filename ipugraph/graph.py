@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -19,6 +20,7 @@ DTYPES: dict[str, np.dtype] = {
     "float64": np.dtype(np.float64),
     "int32": np.dtype(np.int32),
     "int64": np.dtype(np.int64),
+    "bool": np.dtype(np.bool_),          # comparisons (ops.greater, ...) and masks
 }
 FLOAT_DTYPES = ("float16", "float32", "float64")
 
@@ -52,7 +54,20 @@ def _check_shape(shape: Iterable[int], what: str) -> tuple[int, ...]:
 
 
 class Tensor:
-    """A value in the graph. kind is 'input', 'variable', 'constant' or 'op' (an op's output)."""
+    """A value in the graph. kind is 'input', 'variable', 'constant' or 'op' (an op's output).
+
+    Values. A variable's value lives where it is used: after an Engine run that updates it
+    (an optimizer step, a running statistic) the freshest copy is the engine's, and reading
+    `value` fetches it then. `value` is a read-only array: an in-place edit such as
+    ``w.value[0, 0] = 5`` raises instead of being silently lost; assign a new array
+    (``w.value = w.value * 5``) and every engine sees it at its next run. A constant's value is
+    fixed when it is created.
+
+    Arithmetic and comparison operators build ops: ``x * 2``, ``1 - x``, ``-x``, ``x / y``,
+    ``x ** 2``, ``x > 0``, ``x == y`` (Python scalars on either side; NumPy broadcasting).
+    A Tensor has no truth value at build time (``if x > 0`` raises): use ``ig.ops.where``."""
+
+    __hash__ = object.__hash__           # identity, though == builds an op
 
     def __init__(self, graph: "Graph", name: str, shape: tuple[int, ...], dtype: str, kind: str,
                  node: "Node | None" = None, value: np.ndarray | None = None):
@@ -63,6 +78,8 @@ class Tensor:
         self.kind = kind
         self.node = node
         self._value = value
+        self.version = 0                     # bumped whenever the value changes
+        self._holder = None                  # an executable holding a newer value, if any
         self.trainable = kind == "variable"   # False for buffers such as BN running stats
         self.optimizer_state = False          # True for ig.optim's momentum buffers, moments
 
@@ -90,6 +107,11 @@ class Tensor:
     # -- values (variables and constants only) -----------------------------------------
     @property
     def value(self) -> np.ndarray | None:
+        """The current value (read-only), fetched from the engine that last updated it."""
+        holder = self._holder
+        if holder is not None:
+            self._holder = None
+            self._store(holder.read_variable(self))
         return self._value
 
     @value.setter
@@ -97,25 +119,69 @@ class Tensor:
         if self.kind not in ("variable", "constant"):
             raise GraphError(f"tensor '{self.name}' is an {self.kind}; only variables and "
                              "constants hold values")
+        if self.kind == "constant" and self._value is not None:
+            raise GraphError(f"constant '{self.name}' is fixed when it is created; use a "
+                             "variable for a value that changes")
         array = np.asarray(array)
         if tuple(array.shape) != self.shape:
             raise GraphError(f"value for '{self.name}' has shape {tuple(array.shape)}, "
                              f"the tensor is {self.shape}")
         # A private copy: later edits to the caller's array must not reach the graph unseen.
-        self._value = np.array(array, dtype=DTYPES[self.dtype], order="C", copy=True)
+        self._holder = None
+        self._store(np.array(array, dtype=DTYPES[self.dtype], order="C", copy=True))
+        self.version += 1
+        self.graph._values_version += 1
+
+    def _store(self, array: np.ndarray) -> None:
+        array.flags.writeable = False
+        self._value = array
+
+    def updated_by(self, holder) -> None:
+        """An executable wrote a new value of this variable; `value` reads it from there."""
+        self._holder = holder
+        self.version += 1
         self.graph._values_version += 1
 
     # -- sugar -------------------------------------------------------------------------
     def __repr__(self) -> str:
         return f"Tensor('{self.name}', {self.shape}, {self.dtype})"
 
-    def __add__(self, other: "Tensor") -> "Tensor":
-        from . import ops
-        return ops.add(self, other)
+    def __bool__(self):
+        raise GraphError(f"tensor '{self.name}' is symbolic: it has no truth value while the "
+                         "graph is built (use ig.ops.where for a choice per element)")
 
     def __matmul__(self, other: "Tensor") -> "Tensor":
         from . import ops
         return ops.matmul(self, other)
+
+    def _op(name: str, swap: bool = False):
+        def method(self, other):
+            from . import ops
+            fn = getattr(ops, name)
+            return fn(other, self) if swap else fn(self, other)
+        method.__name__ = name
+        return method
+
+    __add__, __radd__ = _op("add"), _op("add", True)
+    __sub__, __rsub__ = _op("sub"), _op("sub", True)
+    __mul__, __rmul__ = _op("mul"), _op("mul", True)
+    __truediv__, __rtruediv__ = _op("div"), _op("div", True)
+    __pow__, __rpow__ = _op("pow"), _op("pow", True)
+    __gt__, __lt__ = _op("greater"), _op("less")
+    __eq__ = _op("equal")
+    del _op
+
+    def __ne__(self, other):
+        from . import ops
+        return ops.equal(ops.equal(self, other), False)
+
+    def __neg__(self):
+        from . import ops
+        return ops.neg(self)
+
+    def __abs__(self):
+        from . import ops
+        return ops.abs(self)
 
 
 class Node:
@@ -164,7 +230,8 @@ class Graph:
         self.updates: dict[str, Tensor] = {}    # variable name -> its new value (assign())
         self._scopes: list[str] = []
         self._counters: dict[str, int] = {}
-        self._values_version = 0            # bumped when any variable value changes
+        self._values_version = 0            # bumped when any value changes
+        self.lock = threading.RLock()       # serialises the runs of the engines built on it
 
     # -- naming ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -180,7 +247,7 @@ class Graph:
     def current_scope(self) -> str:
         return ".".join(self._scopes)
 
-    def _fresh_name(self, base: str) -> str:
+    def fresh_name(self, base: str) -> str:
         prefix = f"{self.current_scope}.{base}" if self._scopes else base
         if prefix not in self.tensors:
             return prefix
@@ -231,14 +298,14 @@ class Graph:
         array = np.asarray(value, dtype=None if dtype is None else DTYPES[canonical_dtype(dtype)])
         if array.dtype == np.float64 and dtype is None:
             array = array.astype(np.float32)        # like torch: Python floats become float32
-        name = name or self._fresh_name("const")
+        name = name or self.fresh_name("const")
         t = Tensor(self, name, tuple(array.shape), canonical_dtype(array.dtype), "constant")
         self._register(t)
         t.value = array
         return t
 
     def output(self, name: str, tensor: Tensor) -> Tensor:
-        self._check_owned(tensor, f"output '{name}'")
+        self.check_owned(tensor, f"output '{name}'")
         if name in self.outputs:
             raise GraphError(f"graph '{self.name}' already has an output named '{name}'")
         if name in self.tensors and self.tensors[name] is not tensor:
@@ -250,8 +317,8 @@ class Graph:
         """Write `value` into `variable` at the end of every run (an in-place update: an
         optimizer step, a running statistic). Every op of the run reads the old value; the
         next run reads the new one."""
-        self._check_owned(variable, "assign: variable")
-        self._check_owned(value, f"assign to '{variable.name}': value")
+        self.check_owned(variable, "assign: variable")
+        self.check_owned(value, f"assign to '{variable.name}': value")
         if variable.kind != "variable":
             raise GraphError(f"assign: '{variable.name}' is {variable.kind}, not a variable")
         if (value.shape, value.dtype) != (variable.shape, variable.dtype):
@@ -271,7 +338,7 @@ class Graph:
         return {t.name for t in self.outputs.values()} | {t.name for t in self.updates.values()}
 
     # -- ops ---------------------------------------------------------------------------
-    def _check_owned(self, tensor: Any, what: str) -> None:
+    def check_owned(self, tensor: Any, what: str) -> None:
         if not isinstance(tensor, Tensor):
             raise GraphError(f"{what}: expected an ipugraph Tensor, got {type(tensor).__name__}")
         if tensor.graph is not self:
@@ -282,8 +349,8 @@ class Graph:
                  name: str | None = None) -> tuple[Tensor, ...]:
         """Check the op's shape rule and append it; returns its output tensors."""
         for i, t in enumerate(inputs):
-            self._check_owned(t, f"{op.name}: input {i}")
-        node_name = name or self._fresh_name(op.name)
+            self.check_owned(t, f"{op.name}: input {i}")
+        node_name = name or self.fresh_name(op.name)
         if name is not None and self._scopes:
             node_name = f"{self.current_scope}.{name}"
         out_specs = op.infer(node_name, inputs, attrs)

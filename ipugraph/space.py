@@ -137,3 +137,26 @@ def flat_region(shape, start: np.ndarray, stop: np.ndarray) -> Region:
     vid, lo, hi, at = (np.concatenate(x) for x in (vids, los, his, addr))
     order = np.lexsort((at, vid))
     return Region(vid[order], lo[order], hi[order])
+
+
+def broadcast_region(region: Region, out_shape, shape) -> Region:
+    """The elements of a tensor of `shape` that NumPy broadcasting reads for the boxes of
+    `region` (boxes of a tensor of `out_shape`): trailing axes aligned, size-1 axes read at 0.
+    Boxes that collapse onto the same operand box are kept once per vertex."""
+    shape, out_shape = tuple(int(d) for d in shape), tuple(int(d) for d in out_shape)
+    if shape == out_shape:
+        return region
+    if not shape:
+        one = np.ones((len(region.vid), 1), np.int64)
+        lo, hi = one - 1, one
+    else:
+        k = region.lo.shape[1] - len(shape)
+        lo, hi = region.lo[:, k:].copy(), region.hi[:, k:].copy()
+        ones = [i for i, d in enumerate(shape) if d == 1]
+        lo[:, ones], hi[:, ones] = 0, 1
+    if not len(lo):
+        return Region(region.vid, lo, hi)
+    keys = np.concatenate([region.vid[:, None], lo, hi], axis=1)
+    _, first = np.unique(keys, axis=0, return_index=True)
+    first.sort()
+    return Region(region.vid[first], lo[first], hi[first])

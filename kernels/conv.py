@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .epilogue import LAUNCH_OPTIONS, check_epilogue, check_no_overlap, check_tensor, \
+from .common import LAUNCH_OPTIONS, check_epilogue, check_no_overlap, check_tensor, \
     configs, decode_pixels, dot_in_fp32, input_precision, pair, store_epilogue
 from .matmul import matmul
 

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from .conv import GATHER_BELOW_CHANNELS, conv_out_size
-from .epilogue import INTERPRET, LAUNCH_OPTIONS, check_no_overlap, check_tensor, configs, \
+from .common import INTERPRET, LAUNCH_OPTIONS, check_no_overlap, check_tensor, configs, \
     decode_pixels, dot_in_fp32, input_precision, pair
 
 DGRAD_CONFIGS = configs(

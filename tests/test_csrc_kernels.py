@@ -16,6 +16,9 @@ import math
 import numpy as np
 import pytest
 
+import torch
+
+import ipugraph as ig
 from ipugraph import _C  # no skip: the extension must build and import
 
 RTOL = 1e-4
@@ -341,48 +344,128 @@ def flat_vertices(n, parts=5):
     return np.array(list(zip(pts[:-1], pts[1:])), np.int32)
 
 
-@pytest.mark.parametrize("relu", [False, True])
-def test_add(relu):
+OPC = {name: p.opcode for name, p in ig.ops.PRIMITIVES.items()}
+
+
+def program(out, shape, operands, strides, code, result, imms=()):
+    """A _C.PointwiseProgram from (op, args) rows."""
+    rows = np.full((len(code), 4), -1, np.int32)
+    for i, (op, args) in enumerate(code):
+        rows[i, 0] = OPC[op]
+        rows[i, 1:1 + len(args)] = args
+    return _C.PointwiseProgram(out, list(shape), list(operands), np.asarray(strides, np.int64),
+                               np.asarray(imms, np.float32), rows, result)
+
+
+def test_pointwise_chain_in_place_and_partial_ranges():
+    """relu(a + b) over ranges that cut the blocks, then in place into a (a read element for
+    element before it is written); NaN propagates through relu."""
     rng = np.random.default_rng(6)
-    a = rng.standard_normal((2, 5, 7, 19), dtype=np.float32)
-    b = rng.standard_normal((2, 5, 7, 19), dtype=np.float32)
-    ref = a.astype(np.float64) + b
-    if relu:
-        ref = np.maximum(ref, 0)
-    out = np.full_like(a, np.nan)
-    _C.add(a, b, out, flat_vertices(a.size), relu)
-    assert_close(out, ref, 1)
-    _C.add(a, b, a, flat_vertices(a.size), relu)  # in place
-    assert_close(a, ref, 1)
+    a = rng.standard_normal(2 * 5 * 7 * 19, dtype=np.float32)
+    b = rng.standard_normal(a.size, dtype=np.float32)
+    a[5] = np.nan
+    ref = np.maximum(a.astype(np.float64) + b, 0)
+    ref[5] = np.nan
+    out = np.full_like(a, 7.0)
+    p = program(out, [a.size], [a, b], [[1], [1]], [("add", (0, 1)), ("relu", (2,))], 3)
+    _C.pointwise(p, np.array([[0, 400], [400, 999], [1100, a.size]], np.int32))
+    np.testing.assert_array_equal(out[999:1100], 7.0)           # outside every range: untouched
+    keep = np.r_[0:999, 1100:a.size]
+    np.testing.assert_allclose(out[keep], ref[keep], rtol=1e-6)
+    inplace = program(a, [a.size], [a, b], [[1], [1]], [("add", (0, 1)), ("relu", (2,))], 3)
+    _C.pointwise(inplace, flat_vertices(a.size))
+    np.testing.assert_allclose(a, ref, rtol=1e-6)
 
 
-def test_relu_and_partial_range():
-    rng = np.random.default_rng(8)
-    x = rng.standard_normal(1001, dtype=np.float32)
-    x[5] = np.nan
-    out = np.full_like(x, 7.0)
-    _C.relu(x, out, np.array([[0, 400], [400, 999]], np.int32))
-    np.testing.assert_array_equal(out[:999], np.maximum(x[:999], 0))  # nan propagates
-    assert (out[999:] == 7.0).all()
-    _C.relu(x, x, np.array([[0, 1001]], np.int32))
-    assert (x[~np.isnan(x)] >= 0).all()
-
-
-@pytest.mark.parametrize("relu", [False, True])
-def test_channel_affine(relu):
+def test_pointwise_broadcast_strides_bool_and_immediates():
+    """x·scale[c] + shift[c] over NHWC storage (per-channel operands: stride 1 on the channel
+    dim, 0 elsewhere), a scalar immediate, a bool mask operand and a bool output."""
     rng = np.random.default_rng(9)
     C = 37
     x = rng.standard_normal((2, 3, 5, C), dtype=np.float32)
-    scale = rng.standard_normal(C, dtype=np.float32)
-    shift = rng.standard_normal(C, dtype=np.float32)
-    ref = x.astype(np.float64) * scale + shift
-    if relu:
-        ref = np.maximum(ref, 0)
+    scale, shift = (rng.standard_normal(C, dtype=np.float32) for _ in range(2))
+    mask = rng.random(x.shape) > 0.5
+    ref = np.where(mask, x.astype(np.float64) * scale + shift, 0.5)
     out = np.full_like(x, np.nan)
-    _C.channel_affine(x, scale, shift, out, C, flat_vertices(x.size, 7), relu)  # ranges cut rows
+    p = program(out.reshape(-1), [30, C], [x.reshape(-1), scale, shift, mask.reshape(-1)],
+                [[C, 1], [0, 1], [0, 1], [C, 1]],
+                [("mul", (0, 1)), ("add", (5, 2)), ("where", (3, 6, 4))], 7, imms=(0.5,))
+    _C.pointwise(p, flat_vertices(x.size, 7))
     assert_close(out, ref, 1)
-    _C.channel_affine(x, scale, shift, x, C, flat_vertices(x.size, 3), relu)  # in place
-    assert_close(x, ref, 1)
+    flags = np.zeros(x.shape, bool)
+    q = program(flags.reshape(-1), [x.size], [x.reshape(-1)], [[1]],
+                [("greater", (0, 1))], 2, imms=(0.25,))
+    _C.pointwise(q, flat_vertices(x.size))
+    np.testing.assert_array_equal(flags, x > 0.25)
+
+
+def test_pointwise_program_validation():
+    x = np.zeros(12, np.float32)
+    out = np.zeros(12, np.float32)
+    ok = program(out, [12], [x], [[1]], [("exp", (0,))], 1)
+    with pytest.raises(ValueError, match="element"):
+        _C.pointwise(ok, np.array([[0, 13]], np.int32))
+    with pytest.raises(ValueError, match="past its end"):
+        program(out, [12], [x[:11]], [[1]], [("exp", (0,))], 1)
+    with pytest.raises(ValueError, match="past its end"):
+        program(out, [3, 4], [x], [[5, 1]], [("exp", (0,))], 1)
+    with pytest.raises(ValueError, match="not an earlier value"):
+        program(out, [12], [x], [[1]], [("add", (0, 2))], 1)
+    with pytest.raises(ValueError, match="opcode"):
+        _C.PointwiseProgram(out, [12], [x], np.array([[1]], np.int64), np.zeros(0, np.float32),
+                            np.array([[999, 0, -1, -1]], np.int32), 1)
+    with pytest.raises(ValueError, match="expected -1"):
+        program(out, [12], [x], [[1]], [("exp", (0, 0))], 1)
+    with pytest.raises(ValueError, match="overlaps out"):
+        program(out, [3, 4], [out], [[0, 1]], [("exp", (0,))], 1)   # a broadcast read of out
+    with pytest.raises(ValueError, match="float32 or bool"):
+        program(out, [12], [np.zeros(12)], [[1]], [("exp", (0,))], 1)
+    with pytest.raises(ValueError, match="result"):
+        program(out, [12], [x], [[1]], [("exp", (0,))], 5)
+    with pytest.raises(ValueError, match="built for another output"):
+        w = np.zeros((4, 1, 1, 1), np.float32)
+        _C.conv2d_nhwc(np.zeros((1, 1, 1, 1), np.float32), _C.pack_conv_weight(w, 1), None, None,
+                       np.zeros((1, 1, 1, 4), np.float32), np.array([[0, 1, 0, 4, 0, 1, 0, 1]],
+                                                                      np.int32),
+                       4, 1, 1, 1, 1, 0, 0, 1, 1, 1, False, ok)
+
+
+def test_pointwise_math_accuracy():
+    """exp, log, tanh, sigmoid, pow and erf-free primitives against float64 over wide ranges,
+    specials included: NaN propagates, infinities and zeros as C99 / torch."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.uniform(-90, 90, 4000), rng.uniform(-3, 3, 4000),
+                        [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-40, 88.7, -103.0]]
+                       ).astype(np.float32)
+    with np.errstate(all="ignore"):
+        for op, fn, tol in (("exp", np.exp, 4e-7), ("tanh", np.tanh, 4e-7),
+                            ("sigmoid", lambda v: 1 / (1 + np.exp(-v)), 4e-7)):
+            out = np.zeros_like(x)
+            _C.pointwise(program(out, [x.size], [x], [[1]], [(op, (0,))], 1),
+                         flat_vertices(x.size))
+            ref = fn(x.astype(np.float64)).astype(np.float32)      # (overflow: inf in fp32)
+            finite = np.isfinite(ref) & (np.abs(ref) > 1e-37)
+            rel = np.abs(out[finite] - ref[finite]) / np.abs(ref[finite].astype(np.float64))
+            assert rel.max() < tol, (op, rel.max())
+            np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+            np.testing.assert_array_equal(out[np.isinf(ref)], ref[np.isinf(ref)])
+        pos = np.concatenate([rng.uniform(1e-30, 1e30, 2000), rng.uniform(0, 5, 2000),
+                              [0.0, np.inf, -1.0, np.nan, 1e-40]]).astype(np.float32)
+        out = np.zeros_like(pos)
+        _C.pointwise(program(out, [pos.size], [pos], [[1]], [("log", (0,))], 1),
+                     flat_vertices(pos.size))
+        ref = np.log(pos.astype(np.float64))
+        fin = np.isfinite(ref) & (np.abs(ref) > 1e-3)
+        assert (np.abs(out[fin] - ref[fin]) / np.abs(ref[fin])).max() < 4e-7
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+        np.testing.assert_array_equal(out[np.isinf(ref)], ref[np.isinf(ref)])
+        a = np.array([2, -2, -2, -8, 0, 0, 0, -0.0, 1, np.nan, 3, 0.5], np.float32)
+        b = np.array([3, 3, 2, 1 / 3, 2, -1, 0, -1, np.nan, 0, 20, -2.5], np.float32)
+        out = np.zeros_like(a)
+        _C.pointwise(program(out, [a.size], [a, b], [[1], [1]], [("pow", (0, 1))], 2),
+                     np.array([[0, a.size]], np.int32))
+        ref = torch.pow(torch.from_numpy(a).double(), torch.from_numpy(b).double()).numpy()
+        np.testing.assert_allclose(out, ref, rtol=5e-6)
 
 
 def test_softmax_rows():
@@ -447,13 +530,6 @@ def test_bad_inputs_raise_value_error():
                            3, 3, 2, 2, 1, 1, True)
     with pytest.raises(ValueError, match="global_avg_pool_nhwc"):
         _C.global_avg_pool_nhwc(x, np.zeros((1, 5), np.float32), np.array([[0, 1, 0, 4]], np.int32))
-    with pytest.raises(ValueError, match="add: b"):
-        _C.add(x, x[..., :3], np.zeros_like(x), np.array([[0, x.size]], np.int32), False)
-    with pytest.raises(ValueError, match="element"):
-        _C.relu(x, np.zeros_like(x), np.array([[0, x.size + 1]], np.int32))
-    with pytest.raises(ValueError, match="channel_affine"):
-        _C.channel_affine(x, np.ones(3, np.float32), np.ones(4, np.float32), np.zeros_like(x), 4,
-                          np.array([[0, x.size]], np.int32), False)
     with pytest.raises(ValueError, match="softmax_rows"):
         _C.softmax_rows(x, np.zeros_like(x), np.array([[0, 1]], np.int32))
 

@@ -16,10 +16,17 @@ def _chain(length=10, branch=False):
 
 
 def test_chain_reuses_two_buffers():
-    program = ig.lower(ig.plan(_chain()))
+    program = ig.lower(ig.plan(_chain(), fuse=False))
     assert len(program.compute_sets) == 10
     assert len(program.buffer_bytes) == 2        # ping-pong: each result dies at the next step
     assert "10 compute sets" in program.describe()
+
+
+def test_fused_chain_is_one_compute_set():
+    program = ig.lower(ig.plan(_chain()))
+    assert len(program.compute_sets) == 1 and len(program.buffer_bytes) == 1
+    cs = program.compute_sets[0]
+    assert cs.op == "pointwise" and [i.op for i in cs.pointwise.code] == ["relu"] * 10
 
 
 def test_live_input_is_not_overwritten():
@@ -58,7 +65,7 @@ def test_2d_outputs_are_fresh_arrays():
 def test_bsp_steps_on_ipu():
     """Each step is [Exchange] · ComputeSet · Sync; a relu reading the previous relu's output
     on the tiles that hold it exchanges nothing, so only the first step has an Exchange."""
-    plan = ig.plan(_chain(3), ig.Target.ipu_mk2())
+    plan = ig.plan(_chain(3), ig.Target.ipu_mk2(), fuse=False)
     program = ig.lower(plan)
     kinds = [type(s) for s in program.bsp]
     assert kinds == [Exchange, ComputeSet, Sync] + [ComputeSet, Sync] * 2

@@ -37,8 +37,8 @@ from helpers import assert_close, rand  # noqa: E402
 
 import ipugraph.kernels as K  # noqa: E402  (after TRITON_INTERPRET is decided)
 # the kernel modules (ipugraph.kernels.matmul the attribute is the function of that name)
-kconv, kelem, kmm, kpool = (importlib.import_module(f"ipugraph.kernels.{m}")
-                            for m in ("conv", "elementwise", "matmul", "pool"))
+kconv, kloss, kmm, kpool, kpw = (importlib.import_module(f"ipugraph.kernels.{m}")
+                                 for m in ("conv", "loss", "matmul", "pool", "pointwise"))
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -314,45 +314,44 @@ def test_pool_checks_arguments():
         K.global_avg_pool_nhwc(x[0])
 
 
-# -- elementwise kernels ----------------------------------------------------------------------
+# -- generated pointwise kernels --------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("affine,residual,relu",
-                         [(a, r, u) for a in (0, 1) for r in (0, 1) for u in (0, 1)
-                          if a or r or u])
-def test_fused_elementwise_combinations(affine, residual, relu, dtype):
+def test_generated_pointwise_kernel_broadcasts_and_casts(dtype):
+    """One generated kernel: relu(x · scale[c] + shift[c] + residual) over NHWC storage, the
+    per-channel operands broadcast through strides, in the output's dtype."""
     shape = (2, 5, 7, 9)                              # NHWC: channels (9) innermost
     xv, rv = rounded(rand(shape, 7), dtype), rounded(rand(shape, 8), dtype)
     scale, shift = rand((9,), 9), rand((9,), 10)
-    expected = xv * scale + shift if affine else xv
-    expected = expected + rv if residual else expected
-    expected = np.maximum(expected, 0) if relu else expected
-    out = K.fused_elementwise(dev(xv, dtype), scale=dev(scale) if affine else None,
-                              shift=dev(shift) if affine else None, channels=9,
-                              residual=dev(rv, dtype) if residual else None, relu=bool(relu))
+    expected = np.maximum(xv * scale + shift + rv, 0)
+    out = torch.empty(shape, dtype=dtype, device=DEVICE)
+    # values: x, residual, shift, a scalar 0, scale; then x·scale, + shift, + residual, relu
+    operands = [(dev(xv, dtype), [9, 1]), (dev(rv, dtype), [9, 1]), (dev(shift), [0, 1]),
+                (dev(np.zeros(1)), [0, 0]), (dev(scale), [0, 1])]
+    code = [("{a} * {b}", (0, 4)), ("{a} + {b}", (5, 2)), ("{a} + {b}", (6, 1)),
+            ("tl.where({a} < 0.0, 0.0, {a})", (7,))]
+    kpw.Pointwise(out, [2 * 5 * 7, 9], operands, (), code, 8)()
     check(out, expected, dtype, 2)
 
 
-def test_channel_affine_with_inner_extent():
-    """[N, C, L] row-major: the channel of element i is (i // L) % C."""
-    xv, scale, shift = rand((3, 4, 5), 11), rand((4,), 12), rand((4,), 13)
-    out = K.channel_affine(dev(xv), dev(scale), dev(shift), channels=4, inner=5)
-    check(out, xv * scale[None, :, None] + shift[None, :, None], reduction=2)
-    with pytest.raises(ValueError, match="whole rows"):
-        K.channel_affine(dev(xv), dev(scale), dev(shift), channels=7)
-
-
-def test_relu_and_add_wrappers():
-    av, bv = rand((3000,), 14), rand((3000,), 15)        # three blocks
-    np.testing.assert_array_equal(K.relu(dev(av)).cpu().numpy(), np.maximum(av, 0))
-    np.testing.assert_array_equal(K.add(dev(av), dev(bv)).cpu().numpy(), av + bv)
+def test_generated_pointwise_bool_output_and_in_place():
+    xv = rand((3, 5), 1)
+    x = dev(xv).clone()
+    mask = torch.empty((3, 5), dtype=torch.bool, device=DEVICE)
+    kpw.Pointwise(mask, [15], [(x, [1])], (0.25,), [("tl.where({a} > {b}, 1.0, 0.0)", (0, 1))],
+                  2)()
+    np.testing.assert_array_equal(mask.cpu().numpy(), xv > 0.25)
+    kpw.Pointwise(x, [15], [(x, [1])], (2.0,), [("{a} * {b}", (0, 1))], 2)()   # in place
+    np.testing.assert_array_equal(x.cpu().numpy(), xv * 2)
+    with pytest.raises(ValueError, match="element for element"):
+        kpw.Pointwise(x, [3, 5], [(x, [0, 1])], (), [("{a} + {b}", (0, 0))], 1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(3, 1), (1, 17), (4, 5, 7), (2, 1000), (2, 5000)])
 def test_softmax_kernel(shape, dtype):
     xv = rounded(rand(shape, 16, -30, 30), dtype)      # large logits: needs the max subtraction
-    check(K.softmax_rows(dev(xv, dtype)), ref("softmax", xv, axis=-1), dtype, shape[-1],
+    check(kloss.softmax_rows(dev(xv, dtype)), ref("softmax", xv, axis=-1), dtype, shape[-1],
           what=f"softmax {shape}")
 
 
@@ -529,14 +528,13 @@ def test_resnet18_end_to_end_two_conv_kernels_per_block(monkeypatch):
 
     for module, name in [(kconv, "conv2d_nhwc_kernel"), (kconv, "conv2d_depthwise_nhwc_kernel"),
                          (kmm, "matmul_kernel"), (kpool, "pool2d_nhwc_kernel"),
-                         (kpool, "global_avg_pool_nhwc_kernel"), (kelem, "elementwise_kernel"),
-                         (kelem, "softmax_kernel")]:
+                         (kpool, "global_avg_pool_nhwc_kernel"), (kloss, "softmax_kernel")]:
         monkeypatch.setattr(module, name, Counted(name, getattr(module, name)))
     out = eng.run(feeds)["logits"]
     assert launches == {"conv2d_nhwc_kernel": 20, "matmul_kernel": 1, "pool2d_nhwc_kernel": 1,
                         "global_avg_pool_nhwc_kernel": 1}
     assert_close(out, expected, 4608, what="resnet18 logits")
-    blocks = [cs.group.describe() for cs in eng.program.compute_sets
+    blocks = ["+".join(n.op.name for n in cs.nodes) for cs in eng.program.compute_sets
               if cs.name.startswith("layer1.0.")]
     assert blocks == ["conv2d+batch_norm+relu", "conv2d+batch_norm+add+relu"]
 
@@ -576,9 +574,13 @@ def test_options():
 
 
 def test_every_op_has_a_triton_lowering():
+    """Pointwise ops run as generated chains (the "pointwise" lowering); every other op has
+    its own."""
     from ipugraph.backends import LOWERINGS, get_backend
     get_backend("triton")
-    missing = sorted(set(OPS) - set(LOWERINGS["triton"]))
+    assert "pointwise" in LOWERINGS["triton"]
+    missing = sorted(name for name, op in OPS.items()
+                     if op.pointwise is None and name not in LOWERINGS["triton"])
     assert not missing, f"ops without a triton lowering: {missing}"
 
 
@@ -589,11 +591,12 @@ def test_kernels_package_and_autotune_configs():
     text = (ROOT / "pyproject.toml").read_text()
     assert 'package-dir = {"ipugraph.kernels" = "kernels"}' in text
     packages = ast.literal_eval(re.search(r"^packages = (\[.*?\])", text, re.M | re.S)[1])
-    subpackages = {f"ipugraph.{p.parent.name}" for p in (ROOT / "ipugraph").glob("*/__init__.py")}
+    subpackages = {"ipugraph." + ".".join(p.parent.relative_to(ROOT / "ipugraph").parts)
+                   for p in (ROOT / "ipugraph").glob("**/__init__.py")
+                   if p.parent != ROOT / "ipugraph"}
     assert subpackages | {"ipugraph", "ipugraph.kernels"} == set(packages)
     tuned = [kconv.conv2d_nhwc_kernel, kconv.conv2d_depthwise_nhwc_kernel, kmm.matmul_kernel,
-             kpool.pool2d_nhwc_kernel, kpool.global_avg_pool_nhwc_kernel,
-             kelem.elementwise_kernel, kelem.softmax_kernel]
+             kpool.pool2d_nhwc_kernel, kpool.global_avg_pool_nhwc_kernel, kloss.softmax_kernel]
     for kernel in tuned:
         assert (len(kernel.configs) == 1) if K.INTERPRET else (2 <= len(kernel.configs) <= 4)
     assert K.INTERPRET == (not CUDA)

@@ -32,7 +32,8 @@ from helpers import assert_close, rand  # noqa: E402
 
 import ipugraph.kernels  # noqa: E402,F401  (after TRITON_INTERPRET is decided)
 KG = importlib.import_module("ipugraph.kernels.conv_grad")
-KT = importlib.import_module("ipugraph.kernels.train")
+KP, KN, KR, KL = (importlib.import_module(f"ipugraph.kernels.{m}")
+                  for m in ("pool", "norm", "reduce", "loss"))
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 gpu = pytest.mark.gpu
@@ -221,7 +222,7 @@ def test_max_pool2d_backward_matches_torch_ties():
     y = torch.nn.functional.max_pool2d(xt, 3, 2, 1)
     dyv = rand(tuple(y.shape), 15)
     y.backward(torch.from_numpy(dyv).double())
-    dx = KT.max_pool2d_backward_nhwc(nhwc(xv), nhwc(dyv), 3, 2, 1)
+    dx = KP.max_pool2d_backward_nhwc(nhwc(xv), nhwc(dyv), 3, 2, 1)
     assert_close(to_nchw(dx), xt.grad.numpy(), 9)
 
 
@@ -251,14 +252,14 @@ def test_global_avg_pool_backward_op():
 def test_pool_backward_float16_and_checks():
     xv = rounded(_tied_input((1, 3, 5, 5), 19), torch.float16)
     dyv = rounded(rand((1, 3, 3, 3), 20), torch.float16)
-    dx = KT.max_pool2d_backward_nhwc(nhwc(xv, torch.float16), nhwc(dyv, torch.float16), 3, 2, 1)
+    dx = KP.max_pool2d_backward_nhwc(nhwc(xv, torch.float16), nhwc(dyv, torch.float16), 3, 2, 1)
     ref = OPS["max_pool2d_backward"].reference(xv, dyv, kernel=(3, 3), stride=(2, 2),
                                                padding=(1, 1), dilation=(1, 1))
     check_low(to_nchw(dx), ref, 9, "max pool f16")
     with pytest.raises(ValueError, match="not the gradient"):
-        KT.max_pool2d_backward_nhwc(nhwc(xv), nhwc(rand((1, 3, 2, 2), 0)), 3, 2, 1)
+        KP.max_pool2d_backward_nhwc(nhwc(xv), nhwc(rand((1, 3, 2, 2), 0)), 3, 2, 1)
     with pytest.raises(ValueError, match="dtype"):
-        KT.max_pool2d_backward_nhwc(nhwc(xv), nhwc(dyv, torch.float16), 3, 2, 1)
+        KP.max_pool2d_backward_nhwc(nhwc(xv), nhwc(dyv, torch.float16), 3, 2, 1)
 
 
 # -- batch norm (training) and per-channel reductions -----------------------------------------
@@ -268,49 +269,55 @@ BN_SHAPES = [(3, 5, 4, 3), (7, 5), (2, 5, 6)]
 
 @pytest.mark.parametrize("shape", BN_SHAPES)
 def test_batch_norm_training_ops(shape):
-    """bn_stats, batch_norm_train, bn_grad_stats, batch_norm_backward, channel_sum, select and
-    both running-statistics updates in one graph."""
+    """bn_stats, batch_norm_train, bn_grad_stats, channel_sum, select, the backward chain (dx
+    through ig.grad) and both running-statistics updates (assigned) in one graph."""
     c = shape[1]
-    m = int(np.prod(shape)) // c
     g = ig.Graph(name=f"bn_train_{len(shape)}d")
-    x = g.input("x", shape)
+    x = g.variable("x", shape, value=rand(shape, 5, -2.0, 3.0))
     dy = g.input("dy", shape)
     gamma = g.variable("gamma", (c,), value=rand((c,), 1, 0.5, 1.5))
     beta = g.variable("beta", (c,), value=rand((c,), 2))
-    rmean = g.variable("rmean", (c,), value=rand((c,), 3))
-    rvar = g.variable("rvar", (c,), value=rand((c,), 4, 0.5, 2.0))
-    stats = op("bn_stats", x)
-    y = op("batch_norm_train", x, gamma, beta, stats, eps=1e-3)
-    gstats = op("bn_grad_stats", dy, x, stats, eps=1e-3)
-    dx = op("batch_norm_backward", dy, x, gamma, stats, gstats, eps=1e-3)
+    rmean = g.variable("rmean", (c,), value=rand((c,), 3), trainable=False)
+    rvar = g.variable("rvar", (c,), value=rand((c,), 4, 0.5, 2.0), trainable=False)
+    y, stats = ig.ops.batch_norm_train(x, gamma, beta, eps=1e-3, running_mean=rmean,
+                                       running_var=rvar, momentum=0.25)
+    loss = ig.ops.sum(ig.ops.mul(y, dy))
+    grads = ig.grad(g, loss, [x, gamma, beta])
     g.output("stats", stats)
     g.output("y", y)
-    g.output("gstats", gstats)
-    g.output("dx", dx)
-    g.output("dgamma", op("select", gstats, index=1))
+    g.output("gstats", op("bn_grad_stats", dy, x, stats, eps=1e-3))
+    for name, t in grads.items():
+        g.output(f"d{name}", t)
     g.output("csum", op("channel_sum", dy))
-    g.output("rmean_new", op("running_stat_update", rmean, stats, row=0, momentum=0.1,
-                             count=m))
-    g.output("rvar_new", op("running_stat_update", rvar, stats, row=1, momentum=0.25, count=m))
-    compare(g, {"x": rand(shape, 5, -2.0, 3.0), "dy": rand(shape, 6)}, m)
+    feeds = {"dy": rand(shape, 6)}
+    m = int(np.prod(shape)) // c
+    compare(g, feeds, m)
+    after = {}                         # the running statistics after one run from the start
+    for backend in ("reference", "triton"):
+        rmean.value, rvar.value = rand((c,), 3), rand((c,), 4, 0.5, 2.0)
+        eng = ig.compile(g, backend=backend)
+        eng.run(feeds)
+        after[backend] = {n: eng.variables[n] for n in ("rmean", "rvar")}
+    for n in ("rmean", "rvar"):
+        assert_close(after["triton"][n], after["reference"][n], m, what=n)
 
 
 def test_bn_reductions_split_and_float16():
     """The per-channel reductions split 3 ways (the GPU path), and float16 inputs."""
     shape = (2, 6, 5, 3)
-    layout = KT.channel_layout(shape)
+    layout = KR.channel_layout(shape)
     xv, dyv = rand(shape, 7, -1.0, 2.0), rand(shape, 8)
     ref_stats = OPS["bn_stats"].reference(xv.astype(np.float64))
-    stats = KT.bn_stats(nhwc(xv), layout, split=3)
+    stats = KN.bn_stats(nhwc(xv), layout, split=3)
     assert_close(stats.double().cpu().numpy(), ref_stats, 30)
-    gs = KT.bn_grad_stats(nhwc(dyv), nhwc(xv), stats, layout, 1e-5, split=3)
+    gs = KN.bn_grad_stats(nhwc(dyv), nhwc(xv), stats, layout, 1e-5, split=3)
     ref_gs = OPS["bn_grad_stats"].reference(dyv.astype(np.float64), xv.astype(np.float64),
                                             stats.double().cpu().numpy(), eps=1e-5)
     assert_close(gs.double().cpu().numpy(), ref_gs, 30)
-    cs = KT.channel_sum(nhwc(dyv), layout, split=3)
+    cs = KR.channel_sum(nhwc(dyv), layout, split=3)
     assert_close(cs.double().cpu().numpy(), dyv.astype(np.float64).sum(axis=(0, 2, 3)), 30)
     x16 = rounded(xv, torch.float16)
-    s16 = KT.bn_stats(nhwc(x16, torch.float16), layout)
+    s16 = KN.bn_stats(nhwc(x16, torch.float16), layout)
     assert s16.dtype == torch.float16
     check_low(s16.double().cpu().numpy(), OPS["bn_stats"].reference(x16), 30, "bn_stats f16")
 
@@ -318,23 +325,21 @@ def test_bn_reductions_split_and_float16():
 def test_bn_checks_arguments():
     x = torch.zeros((4, 3), device=DEVICE)
     with pytest.raises(ValueError, match="shape"):
-        KT.batch_norm_train(x, torch.ones(4, device=DEVICE), torch.zeros(3, device=DEVICE),
+        KN.batch_norm_train(x, torch.ones(4, device=DEVICE), torch.zeros(3, device=DEVICE),
                             torch.zeros((2, 3), device=DEVICE), (4, 3, 1), 1e-5)
     with pytest.raises(ValueError, match="elements"):
-        KT.bn_stats(x, (5, 3, 1))
-    with pytest.raises(ValueError, match="count"):
-        KT.running_stat_update(torch.zeros(3, device=DEVICE), torch.zeros((2, 3), device=DEVICE),
-                               1, 0.1, 1)
+        KN.bn_stats(x, (5, 3, 1))
 
 
 # -- elementwise, shape, softmax ---------------------------------------------------------------
 
-def test_relu_backward_op():
+def test_relu_gradient_chain():
+    """relu's gradient is where(y > 0, dy, 0): one generated kernel."""
     g = ig.Graph(name="relu_bwd")
-    x = g.input("x", (2, 3, 5, 4))
+    x = g.variable("x", (2, 3, 5, 4), value=rand((2, 3, 5, 4), 1))
     dy = g.input("dy", (2, 3, 5, 4))
-    g.output("dx", op("relu_backward", ig.ops.relu(x), dy))
-    compare(g, {"x": rand((2, 3, 5, 4), 1), "dy": rand((2, 3, 5, 4), 2)})
+    g.output("dx", ig.grad(g, ig.ops.sum(ig.ops.relu(x) * dy), [x])["x"])
+    compare(g, {"dy": rand((2, 3, 5, 4), 2)})
 
 
 @pytest.mark.parametrize("src,dst", [((2, 3, 4, 5), (6, 20)), ((6, 20), (2, 3, 4, 5)),
@@ -409,14 +414,14 @@ def test_cross_entropy_kernels():
     grad_ref = OPS["cross_entropy_backward"].reference(lv, labels, np.array(0.5))
     for ldtype in (torch.int64, torch.int32):
         lab = torch.from_numpy(labels).to(DEVICE, ldtype)
-        loss = KT.cross_entropy(dev(lv), lab)
+        loss = KL.cross_entropy(dev(lv), lab)
         assert_close(loss.double().cpu().numpy(), loss_ref, 9)
-        grad = KT.cross_entropy_backward(dev(lv), lab, dev(np.array(0.5)))
+        grad = KL.cross_entropy_backward(dev(lv), lab, dev(np.array(0.5)))
         assert_close(grad.double().cpu().numpy(), grad_ref, 9)
     with pytest.raises(ValueError, match=r"cross_entropy: label 9 .*\[0, 9\)"):
-        KT.cross_entropy(dev(lv), dev(np.array([0, 9, 3, 3, 7, 1]), torch.int64))
+        KL.cross_entropy(dev(lv), dev(np.array([0, 9, 3, 3, 7, 1]), torch.int64))
     with pytest.raises(ValueError, match=r"cross_entropy_backward: label -2"):
-        KT.cross_entropy_backward(dev(lv), dev(np.array([0, -2, 3, 3, 7, 1]), torch.int64),
+        KL.cross_entropy_backward(dev(lv), dev(np.array([0, -2, 3, 3, 7, 1]), torch.int64),
                                   dev(np.array(1.0)))
 
 
@@ -424,60 +429,29 @@ def test_cross_entropy_kernels():
 
 
 
-def test_sgd_ops():
-    """lr a scalar variable (test_sgd_apply_fed_lr feeds it)."""
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_optimizer_chains(optimizer):
+    """SGD (momentum, weight decay, a fed learning rate) and Adam as fused pointwise chains:
+    two steps on the triton and the reference backends give the same variables."""
     shape = (4, 3, 3, 2)
-    g = ig.Graph(name="sgd")
-    grad = g.input("g", shape)
-    lr = g.variable("lr", (), value=np.array(0.05, np.float32))
-    w = g.variable("w", shape, value=rand(shape, 1))
-    v = g.variable("v", shape, value=rand(shape, 2))
-    d = op("sgd_direction", grad, w, v, momentum=0.9, weight_decay=1e-2)
-    g.output("d", d)
-    g.output("d_plain", op("sgd_direction", grad, w, weight_decay=0.0))
-    g.output("w_new", op("sgd_apply", w, d, lr))
-    compare(g, {"g": rand(shape, 3)})
-
-
-def test_sgd_apply_fed_lr():
-    g = ig.Graph(name="sgd_fed")
-    w = g.variable("w", (3, 4), value=rand((3, 4), 1))
-    d = g.input("d", (3, 4))
-    lr = g.input("lr", ())
-    g.output("w_new", op("sgd_apply", w, d, lr))
-    compare(g, {"d": rand((3, 4), 2), "lr": np.array(0.05, np.float32)})
-
-
-def test_adam_ops():
-    shape = (6, 5)
-    g = ig.Graph(name="adam")
-    grad = g.input("g", shape)
-    lr = g.variable("lr", (), value=np.array(1e-2, np.float32))
-    step = g.variable("step", (), value=np.array(3.0, np.float32))
-    w = g.variable("w", shape, value=rand(shape, 1))
-    m0 = g.variable("m", shape, value=rand(shape, 2, -0.1, 0.1))
-    v0 = g.variable("v", shape, value=rand(shape, 3, 0.0, 0.01))
-    m = op("adam_moment", m0, grad, beta=0.9)
-    v = op("adam_moment", v0, grad, beta=0.999, square=True)
-    g.output("m_new", m)
-    g.output("v_new", v)
-    g.output("w_new", op("adam_apply", w, m, v, lr, step, beta1=0.9, beta2=0.999, eps=1e-8))
-    compare(g, {"g": rand(shape, 4)})
-
-
-def test_adam_apply_first_step_and_checks():
-    """step = 1: 1 − β2 = 0.001 must not lose digits (the corrections are float64)."""
-    wv, mv, vv = rand((7,), 1), rand((7,), 2, -0.1, 0.1), rand((7,), 3, 0.0, 1e-4)
-    ref = OPS["adam_apply"].reference(*(a.astype(np.float64) for a in (wv, mv, vv)),
-                                      np.array(0.1), np.array(1.0), beta1=0.9, beta2=0.999,
-                                      eps=1e-8)
-    out = KT.adam_apply(dev(wv), dev(mv), dev(vv), dev(np.array(0.1)), dev(np.array(1.0)),
-                        beta1=0.9, beta2=0.999, eps=1e-8)
-    assert_close(out.double().cpu().numpy(), ref)
-    with pytest.raises(ValueError, match="scalar"):
-        KT.sgd_apply(dev(wv), dev(mv), dev(np.ones(2)))
-    with pytest.raises(ValueError, match="shape"):
-        KT.adam_moment(dev(wv), dev(np.ones(6)), beta=0.9)
+    engines = {}
+    for backend in ("reference", "triton"):
+        g = ig.Graph(name=optimizer)
+        w = g.variable("w", shape, value=rand(shape, 1))
+        grad = g.input("g", shape)
+        lr = g.input("lr", ())
+        if optimizer == "sgd":
+            ig.optim.sgd(g, {"w": grad}, lr, momentum=0.9, weight_decay=1e-2)
+        else:
+            ig.optim.adam(g, {"w": grad}, lr, weight_decay=1e-2)
+        engines[backend] = (g, ig.compile(g, backend=backend))
+    for step in range(2):
+        feeds = {"g": rand(shape, 3 + step), "lr": np.array(0.05, np.float32)}
+        for g, eng in engines.values():
+            eng.run(feeds)
+    (gr, _), (gt, _) = engines["reference"], engines["triton"]
+    for name in gr.variables:
+        assert_close(gt.variables[name].value, gr.variables[name].value, 4, what=name)
 
 
 # -- float16 graphs ----------------------------------------------------------------------------
@@ -494,7 +468,6 @@ def test_float16_graph():
     dyc = g.input("dyc", (n, c, h, w), dtype=f16)
     dyp = g.input("dyp", (n, c, 3, 3), dtype=f16)
     stats = g.input("stats", (2, c), dtype=f16)
-    gstats = g.input("gstats", (2, c), dtype=f16)
     wt = g.variable("w", (k, c // 2, 3, 3), dtype=f16, value=rand((k, c // 2, 3, 3), 1))
     gamma = g.variable("gamma", (c,), dtype=f16, value=rand((c,), 2, 0.5, 1.5))
     beta = g.variable("beta", (c,), dtype=f16, value=rand((c,), 3))
@@ -507,15 +480,13 @@ def test_float16_graph():
         "stats_out": (op("bn_stats", x), 60),
         "y": (op("batch_norm_train", x, gamma, beta, stats), 1),
         "gs": (op("bn_grad_stats", dyc, x, stats), 60),
-        "dxb": (op("batch_norm_backward", dyc, x, gamma, stats, gstats), 1),
-        "dr": (op("relu_backward", x, dyc), 1),
+        "dr": (ig.ops.where(x > 0, dyc, 0.0), 1),
     }
     for name, (t, _) in outs.items():
         g.output(name, t)
     statv = np.stack([rand((c,), 4), rand((c,), 5, 0.5, 2.0)])
     feeds = {"x": _tied_input((n, c, h, w), 6) - 0.25, "dy": rand((n, k, 3, 3), 7),
-             "dyc": rand((n, c, h, w), 8), "dyp": rand((n, c, 3, 3), 9), "stats": statv,
-             "gstats": rand((2, c), 10, -3.0, 3.0)}
+             "dyc": rand((n, c, h, w), 8), "dyp": rand((n, c, 3, 3), 9), "stats": statv}
     feeds = {name: a.astype(np.float16) for name, a in feeds.items()}
     expected = ig.compile(g, backend="reference").run(feeds)
     out = ig.compile(g, backend="triton").run(feeds)
@@ -582,8 +553,8 @@ def test_training_kernels_larger_on_gpu():
     assert_close(to_nchw(dw), OPS["conv2d_backward_weight"].reference(
         xv.astype(np.float64), dyv.astype(np.float64), kernel=(r, s), **attrs), n * oh * ow)
     shape = (32, 64, 14, 14)
-    layout = KT.channel_layout(shape)
+    layout = KR.channel_layout(shape)
     xb = rand(shape, 4, -1.0, 3.0)
-    stats = KT.bn_stats(nhwc(xb), layout)
+    stats = KN.bn_stats(nhwc(xb), layout)
     assert_close(stats.double().cpu().numpy(), OPS["bn_stats"].reference(xb.astype(np.float64)),
                  shape[0] * shape[2] * shape[3])

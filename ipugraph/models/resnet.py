@@ -18,7 +18,6 @@ import numpy as np
 
 from .. import init, ops
 from ..graph import Graph, Tensor
-from ..ops.norm import running_stat_update_op
 from ..target import Target
 
 # The five stride-2 steps (kernel, padding): conv1, maxpool, and the first block of layers 2-4
@@ -81,13 +80,8 @@ class _Builder:
         var = g.variable(f"{prefix}.running_var", c, init=init.ones(), trainable=False)
         if not self.training:
             return ops.batch_norm(x, gamma, beta, mean, var, eps=BN_EPS, name=local)
-        y, stats = ops.batch_norm_train(x, gamma, beta, eps=BN_EPS, name=local)
-        count = x.size // x.shape[1]
-        for row, (running, what) in enumerate(((mean, "mean"), (var, "var"))):
-            new = running_stat_update_op(running, stats, row=row, momentum=BN_MOMENTUM,
-                                         count=count, name=f"{local}.update_running_{what}")
-            new.node.phase = "update"
-            g.assign(running, new)
+        y, _ = ops.batch_norm_train(x, gamma, beta, eps=BN_EPS, name=local, running_mean=mean,
+                                    running_var=var, momentum=BN_MOMENTUM)
         return y
 
     def block(self, kind: str, x: Tensor, width: int, stride: int) -> Tensor:

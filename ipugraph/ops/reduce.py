@@ -1,12 +1,15 @@
-"""Per-channel reductions and row selection: channel_sum (a bias gradient, torch's
-grad.sum(dims except 1)) and select (one row of a stacked tensor, e.g. a statistics pair)."""
+"""Reductions: sum / mean / amax over any axes (torch.sum, torch.mean, torch.amax), and the
+per-channel channel_sum (a bias gradient, torch's grad.sum(dims except 1)) whose planner split
+also cuts the batch and rows into partial sums."""
 from __future__ import annotations
+
+import builtins
 
 import numpy as np
 
-from ..graph import Tensor
-from ..space import Region
-from .registry import Cost, Dim, Space, defop, elementwise_space, expect_float, fail
+from ..graph import GraphError, Tensor
+from ..space import Region, flat_region
+from .registry import Cost, Dim, Space, defop, expect_float, fail
 
 
 def _channel_sum_infer(node, inputs, attrs):
@@ -28,7 +31,7 @@ def channel_space(node, target) -> Space:
     n, c = big.shape[:2]
     rows = big.shape[2] if big.ndim > 2 else 1
     inner = big.size // (n * c * rows)
-    nbig = sum(t.shape == big.shape for t in node.inputs)
+    nbig = builtins.sum(t.shape == big.shape for t in node.inputs)
 
     def slice_cost(sizes):
         sc, sn = sizes[..., 0], sizes[..., 1]
@@ -70,26 +73,142 @@ def channel_sum_op(x):
     return x.sum(axis=axes)
 
 
-def _select_infer(node, inputs, attrs):
-    (t,) = inputs
-    i = attrs["index"]
-    if t.ndim < 2 or not isinstance(i, (int, np.integer)) or not 0 <= i < t.shape[0]:
-        raise fail("select", node, f"index {i!r} must be an int in [0, {t.shape[0]}) of a "
-                   "tensor of rank >= 2", t=t)
-    return [(t.shape[1:], t.dtype)]
-
-
-@defop("select", infer=_select_infer, space=elementwise_space, attrs={"index": 0},
-       cost=lambda node: Cost(0, 0, node.output.nbytes, node.output.nbytes))
-def select_op(t, *, index):
-    return t[index].copy()
-
-
 def channel_sum(x: Tensor, name: str | None = None) -> Tensor:
     """Sum over every axis but 1: [N, C, ...] -> [C]."""
     return channel_sum_op(x, name=name)
 
 
-def select(t: Tensor, index: int, name: str | None = None) -> Tensor:
-    """t[index] along axis 0."""
-    return select_op(t, index=int(index), name=name)
+# -- sum, mean, amax over any axes ------------------------------------------------------------
+
+def normalize_axes(op: str, node: str, x: Tensor, axis) -> tuple[int, ...]:
+    """axis: None (all), an int or a sequence of ints (negative from the end), as torch."""
+    if axis is None:
+        return tuple(range(x.ndim))
+    items = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in items:
+        if not isinstance(a, (int, np.integer)) or isinstance(a, bool) or \
+                not -x.ndim <= a < max(x.ndim, 1):
+            raise fail(op, node, f"axis {a!r} is not an int in [{-x.ndim}, {x.ndim})", x=x)
+        out.append(int(a) % max(x.ndim, 1))
+    if len(set(out)) != len(out):
+        raise fail(op, node, f"axis {axis!r} names an axis twice", x=x)
+    return tuple(sorted(out))
+
+
+def kept_shape(shape, axes) -> tuple[int, ...]:
+    """The reduced shape with keepdims: each reduced axis of size 1."""
+    return tuple(1 if i in axes else d for i, d in enumerate(shape))
+
+
+def _reduce_infer(op: str, floats_only: bool):
+    def infer(node, inputs, attrs):
+        (x,) = inputs
+        axes = normalize_axes(op, node, x, attrs["axes"])
+        if floats_only:
+            expect_float(op, node, x=x)
+        elif x.dtype == "bool":
+            raise fail(op, node, "needs a numeric tensor, got bool (cast it first)", x=x)
+        if attrs["axes"] != axes:
+            raise fail(op, node, f"axes must be normalised (sorted, non-negative), got "
+                       f"{attrs['axes']!r}", x=x)
+        shape = kept_shape(x.shape, axes) if attrs["keepdims"] else \
+            tuple(d for i, d in enumerate(x.shape) if i not in axes)
+        return [(shape, x.dtype)]
+    return infer
+
+
+def reduce_space(node, target) -> Space:
+    """Split over the output's flat element range; a vertex reads, for each of its output
+    boxes, the input box with every reduced axis whole."""
+    x, out = node.inputs[0], node.output
+    axes = node.attrs["axes"]
+    kept = [i for i in range(x.ndim) if i not in axes]
+    per_out = max(1, x.size // max(out.size, 1))
+
+    def slice_cost(sizes):
+        n = sizes[..., 0]
+        return n * per_out, n * per_out * x.itemsize, np.zeros_like(n), n * out.itemsize
+
+    def boxes(table):
+        region = flat_region(out.shape, table[:, 0], table[:, 1])
+        lo = np.zeros((len(region.vid), max(x.ndim, 1)), np.int64)
+        hi = np.tile(np.asarray(x.shape or (1,), np.int64), (len(region.vid), 1))
+        if kept:           # the output's columns of the kept axes (all its axes, or the same)
+            src = kept if node.attrs["keepdims"] else list(range(len(kept)))
+            lo[:, kept], hi[:, kept] = region.lo[:, src], region.hi[:, src]
+        return region, [(x, Region(region.vid, lo, hi))]
+    return Space((Dim("i", out.size, target.vector_grain),), slice_cost, boxes)
+
+
+def _reduce_cost(node) -> Cost:
+    x = node.inputs[0]
+    return Cost(0, x.size, x.nbytes, node.output.nbytes)
+
+
+def _keep(node, t: Tensor) -> Tensor:
+    """t (shaped like the op's output) reshaped to the keepdims shape, to broadcast over x."""
+    from .shape import reshape
+    shape = kept_shape(node.inputs[0].shape, node.attrs["axes"])
+    return t if t.shape == shape else reshape(t, shape)
+
+
+def _sum_grad(node, dy, needs):
+    from .pointwise import expand
+    return [expand(_keep(node, dy), node.inputs[0].shape)]
+
+
+def _mean_grad(node, dy, needs):
+    from .pointwise import div, expand
+    x = node.inputs[0]
+    count = x.size // max(node.output.size, 1)
+    return [div(expand(_keep(node, dy), x.shape), float(count))]
+
+
+def _amax_grad(node, dy, needs):
+    """torch's amax gradient: split evenly between the elements that equal the maximum."""
+    from .pointwise import cast, div, equal, where
+    x = node.inputs[0]
+    hit = equal(x, _keep(node, node.output))
+    count = sum(cast(hit, x.dtype), node.attrs["axes"], keepdims=True)
+    return [where(hit, div(_keep(node, dy), count), 0.0)]
+
+
+@defop("sum", infer=_reduce_infer("sum", False), cost=_reduce_cost, space=reduce_space,
+       attrs={"axes": (0,), "keepdims": False}, grad=_sum_grad)
+def sum_op(x, *, axes, keepdims):
+    return np.sum(x, axis=axes, keepdims=keepdims)
+
+
+@defop("mean", infer=_reduce_infer("mean", True), cost=_reduce_cost, space=reduce_space,
+       attrs={"axes": (0,), "keepdims": False}, grad=_mean_grad)
+def mean_op(x, *, axes, keepdims):
+    return np.mean(x, axis=axes, keepdims=keepdims)
+
+
+@defop("amax", infer=_reduce_infer("amax", False), cost=_reduce_cost, space=reduce_space,
+       attrs={"axes": (0,), "keepdims": False}, grad=_amax_grad)
+def amax_op(x, *, axes, keepdims):
+    return np.max(x, axis=axes, keepdims=keepdims)
+
+
+def _reduce(op, x, axis, keepdims, name):
+    if not isinstance(x, Tensor):
+        raise GraphError(f"{op.name}: x must be an ipugraph Tensor, got {type(x).__name__}")
+    axes = normalize_axes(op.name, name or op.name, x, axis)
+    return op(x, axes=axes, keepdims=bool(keepdims), name=name)
+
+
+def sum(x: Tensor, axis=None, keepdims: bool = False, name: str | None = None) -> Tensor:  # noqa: A001
+    """Sum over `axis` (None: all; an int or a tuple), as torch.sum(x, dim, keepdim)."""
+    return _reduce(sum_op, x, axis, keepdims, name)
+
+
+def mean(x: Tensor, axis=None, keepdims: bool = False, name: str | None = None) -> Tensor:
+    """Mean over `axis` (None: all; an int or a tuple), as torch.mean(x, dim, keepdim)."""
+    return _reduce(mean_op, x, axis, keepdims, name)
+
+
+def amax(x: Tensor, axis=None, keepdims: bool = False, name: str | None = None) -> Tensor:
+    """Maximum over `axis` (None: all), as torch.amax; NaN propagates."""
+    return _reduce(amax_op, x, axis, keepdims, name)

@@ -45,7 +45,10 @@ class OpDef:
     space: Callable
     attrs: dict = field(default_factory=dict)    # attribute defaults
     grad: Callable | None = None
-    elementwise: bool = False                     # output[i] depends on inputs[i] only
+    # "primitive": an entry of the pointwise table (ops/pointwise.py); "identity": the output
+    # is its first input broadcast (and cast) to the output's shape. Either way output element
+    # i depends only on the operands' elements broadcast to i, so the planner may fuse it.
+    pointwise: str | None = None
 
     def __call__(self, *inputs: Tensor, name: str | None = None, **attrs):
         """Append this op to the inputs' graph; returns its (first) output tensor."""
@@ -62,12 +65,12 @@ class OpDef:
 
 
 def defop(name: str, *, infer, cost, space, attrs: dict | None = None, grad=None,
-          elementwise: bool = False):
+          pointwise: str | None = None):
     """Register the decorated NumPy function as the reference semantics of op `name`."""
     def register(reference: Callable) -> OpDef:
         if name in OPS:
             raise RuntimeError(f"op '{name}' is defined twice")
-        op = OpDef(name, infer, reference, cost, space, dict(attrs or {}), grad, elementwise)
+        op = OpDef(name, infer, reference, cost, space, dict(attrs or {}), grad, pointwise)
         OPS[name] = op
         return op
     return register
@@ -140,7 +143,7 @@ def elementwise_space(node, target) -> Space:
 
 def grad_name(node, what: str) -> str:
     """A fresh name for a gradient op of `node`: '<node>.<what>' (suffixed if taken)."""
-    return node.output.graph._fresh_name(f"{node.name}.{what}")
+    return node.output.graph.fresh_name(f"{node.name}.{what}")
 
 
 def scalar_space(node, target) -> Space:

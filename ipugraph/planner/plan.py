@@ -16,7 +16,7 @@ import hashlib
 import numpy as np
 
 from ..graph import Graph
-from .fusion import Group, group_nodes
+from .fusion import Group, group_nodes, group_space
 from .memory import TileMemory, tile_memory
 from .partition import PlanError, candidates, chunk_space
 from .regions import TileMapping
@@ -31,8 +31,9 @@ CACHE_STATS = {"hits": 0, "misses": 0}
 def _signature(group: Group, target) -> tuple:
     def attrs(node):
         return tuple(sorted((k, str(v)) for k, v in node.attrs.items()))
-    ops = tuple((n.op.name, tuple((t.shape, t.dtype, t.kind == "op") for t in n.inputs),
-                 attrs(n)) for n in group.nodes)
+    position = {n.output.name: i for i, n in enumerate(group.nodes)}
+    ops = tuple((n.op.name, tuple((t.shape, t.dtype, t.kind, position.get(t.name, -1))
+                                  for t in n.inputs), attrs(n)) for n in group.nodes)
     return ops, target
 
 
@@ -125,7 +126,7 @@ def plan(graph: Graph, target=None, *, fuse: bool = True) -> Plan:
         for s_idx in over.tolist():
             tile = int(np.argmax(total[s_idx]))
             step = steps[s_idx]
-            batch = batch_of(step.group.anchor.op.space(step.group.anchor, target))
+            batch = batch_of(step.space)
             excess = total[s_idx, tile] - target.bytes_per_tile
             temp = memory.temp[s_idx, tile]
             if temp > excess and step.repeats < batch and round_ < rounds - 1:
@@ -155,7 +156,7 @@ class _Partial:
 
 def _plan_step(idx: int, group: Group, target, mappings: dict, least: int) -> Step:
     anchor = group.anchor
-    space = anchor.op.space(anchor, target)
+    space = group_space(group, target)
     dtype = anchor.output.dtype
     batch = batch_of(space)
     in_keys = tuple(mappings[t.name].key for n in group.nodes for t in n.inputs
@@ -174,7 +175,7 @@ def _plan_step(idx: int, group: Group, target, mappings: dict, least: int) -> St
 
 
 def _search(idx, group, space, target, dtype, mappings, batch, least) -> Step:
-    extra = 1 if group.residual is not None else 0
+    extra = sum(1 for t in group.epilogue_inputs() if t.size == group.output.size)
     label = f"{group.anchor.op.name} '{group.anchor.name}'"
     budget = target.op_bytes_per_tile
     info = {}

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import cost as costmodel
+from ..space import broadcast_region
 from .fusion import Group
 from .partition import Partition, batch_dim
 from .regions import Region, TileMapping, owner_mapping
@@ -37,7 +38,9 @@ class Step:
     tile_temp: np.ndarray = field(repr=False)           # [tiles] temporaries, worst repeat
     out_mapping: TileMapping = field(repr=False, default=None)
     weight_mappings: dict = field(repr=False, default_factory=dict)
-    reduce_vertices: np.ndarray | None = None   # int32 [Vr, 8]: output boxes to reduce
+    reduce_vertices: np.ndarray | None = None   # int32 [Vr, 2*kept dims]: the (lo, hi) of
+                                                # every dim that is not a reduce dim, in the
+                                                # space's order: the output boxes to reduce
     reduce_tiles: np.ndarray | None = None      # int32 [Vr]
     work_per_vertex: np.ndarray = field(repr=False, default=None)
     cycles_per_vertex: np.ndarray = field(repr=False, default=None)
@@ -45,6 +48,7 @@ class Step:
     codelet: str = "worker"
     note: str = ""
     tile_live: np.ndarray = field(repr=False, default=None)   # [tiles] bytes at this step
+    space: object = field(repr=False, default=None)          # the Space it was planned over
 
     @property
     def name(self) -> str:
@@ -141,7 +145,7 @@ def evaluate(index: int, group: Group, space, part: Partition, repeats: int, tar
     chan = Region(out_region.vid, out_region.lo[:, 1:2], out_region.hi[:, 1:2])
     if group.bn is not None:
         ins += [(t, chan) for t in group.bn.inputs[1:]]
-    residual = group.residual
+    epilogue = group.epilogue_inputs()       # read where the output is produced
 
     received = np.zeros(repeats * T)
     weight_maps = {}
@@ -154,6 +158,13 @@ def evaluate(index: int, group: Group, space, part: Partition, repeats: int, tar
             mapping = mappings[t.name]
         need = region.volume() - mapping.resident(region, region_tiles)
         return np.bincount(region_slot, weights=need * t.itemsize, minlength=repeats * T)
+
+    def receive_epilogue(box, box_tiles, box_slot):
+        total = np.zeros(repeats * T)
+        for t in epilogue:
+            region = broadcast_region(box, group.output.shape, t.shape)
+            total += receive(t, region, box_tiles[region.vid], box_slot[region.vid])
+        return total
 
     for t, region in ins:
         received += receive(t, region, tiles[region.vid], slot[region.vid])
@@ -184,17 +195,11 @@ def evaluate(index: int, group: Group, space, part: Partition, repeats: int, tar
                                 minlength=repeats * T)
         out_region = (space.reduce_region(red_table) if space.reduce_region is not None
                       else Region.boxes(red_table[:, 0::2], red_table[:, 1::2]))
-        if residual is not None:
-            red_received += receive(residual, out_region, reduce_tiles, red_slot)
-        if red_table.shape[1] == 4:                  # a gemm's (m, n) box as a conv-style row
-            pad = np.tile(np.array([0, 1, 0, 1], np.int64), (len(red_table), 1))
-            red_table = np.concatenate([red_table, pad], axis=1)
+        red_received += receive_epilogue(out_region, reduce_tiles, red_slot)
         reduce_vertices = np.ascontiguousarray(red_table.astype(np.int32))
         out_tiles = reduce_tiles
     else:
-        if residual is not None:
-            received += receive(residual, out_region, tiles[out_region.vid],
-                                slot[out_region.vid])
+        received += receive_epilogue(out_region, tiles, slot)
         out_tiles = tiles
     out_mapping = TileMapping.of(out_region, out_tiles, group.output.shape, item,
                                  key=("step", index))
@@ -228,7 +233,7 @@ def evaluate(index: int, group: Group, space, part: Partition, repeats: int, tar
                 reduce_vertices=reduce_vertices,
                 reduce_tiles=None if reduce_tiles is None else reduce_tiles.astype(np.int32),
                 work_per_vertex=work, cycles_per_vertex=cyc, bytes_per_vertex=in_b + w_b + out_b,
-                codelet=space.codelet, note=note)
+                codelet=space.codelet, note=note, space=space)
 
 
 def batch_of(space) -> int:

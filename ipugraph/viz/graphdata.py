@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..planner.regions import Region
+from ..space import Region, broadcast_region
 
 CODELETS = ("input", "worker", "supervisor", "reduce")
 
@@ -144,7 +144,7 @@ def build(plan) -> VizGraph:
 
     for s in plan.steps:
         group, anchor = s.group, s.group.anchor
-        space = anchor.op.space(anchor, target)
+        space = s.space
         table = s.vertices.astype(np.int64)
         layer = anchor.scope or anchor.name
         ids = add_vertices(s.index, s.tiles, s.codelet, layer, s.work_per_vertex,
@@ -155,14 +155,15 @@ def build(plan) -> VizGraph:
                 connect(t, region, ids)
         out_t = group.output
         tensor_id(out_t, s.index)
+
+        def connect_epilogue(box, box_ids):
+            for t in group.epilogue_inputs():
+                if t.kind in ("input", "op"):
+                    connect(t, broadcast_region(box, out_t.shape, t.shape), box_ids)
         if s.reduce_vertices is not None:
             red = s.reduce_vertices.astype(np.int64)
-            if space.reduce_region is not None:         # e.g. [2, C] statistics
-                rbox = space.reduce_region(red)
-            elif len(out_t.shape) == 2:                 # a gemm's (m, n) boxes
-                rbox = Region.boxes(red[:, [0, 2]], red[:, [1, 3]])
-            else:
-                rbox = Region.boxes(red[:, 0::2], red[:, 1::2])
+            rbox = (space.reduce_region(red) if space.reduce_region is not None
+                    else Region.boxes(red[:, 0::2], red[:, 1::2]))
             elems = np.prod(rbox.hi - rbox.lo, axis=1)
             contributors = np.zeros(len(elems))
             i, j, vol = overlaps(out_region, rbox)
@@ -175,12 +176,10 @@ def build(plan) -> VizGraph:
             edges["dst"].append(rids[j])
             edges["bytes"].append(vol * 4)                  # fp32 partial sums
             edges["tensor"].append(np.full(len(i), tensor_index[out_t.name]))
-            if group.residual is not None:
-                connect(group.residual, rbox, rids)
+            connect_epilogue(rbox, rids)
             writers[out_t.name] = (rbox, rids)
         else:
-            if group.residual is not None:
-                connect(group.residual, out_region, ids)
+            connect_epilogue(out_region, ids)
             writers[out_t.name] = (out_region, ids)
 
     def cat(key, dtype):

@@ -1,10 +1,10 @@
-"""CPU backend: relu_backward, reshape, transpose, softmax_backward, cross_entropy (+ backward),
-sgd_direction / sgd_apply and adam_moment / adam_apply (csrc/optim.cpp, backends/cpu_optim.py).
+"""CPU backend: relu's gradient, reshape, transpose, softmax_backward, cross_entropy (+ backward)
+(csrc/loss.cpp, csrc/shape.cpp) and the SGD / Adam updates (pointwise chains built by ig.optim).
 
 Every op runs through the graph API (plan for the "host" and the "mk2" target: one vertex vs.
 hundreds of tiles' vertex tables) and is compared with torch in float64 (autograd for the
-gradients, torch.optim.SGD / Adam over 3 steps for the updates) and with the op's NumPy
-reference (ipugraph.ops.OPS[name].reference) in float64.
+gradients, torch.optim.SGD / Adam over 3 steps for the updates, the parameters held by the
+engine between steps) and with the op's NumPy reference (ipugraph.ops.OPS[name].reference).
 
 Tolerances: the kernels compute in float32 (sums in double), so results are compared with
 helpers.assert_close: |err| <= 2e-6·sqrt(K)·max|expected| + 1e-5·|expected|, K the reduction
@@ -49,22 +49,23 @@ def _t(a):
     return torch.from_numpy(np.asarray(a, np.float64))
 
 
-# -- relu_backward ----------------------------------------------------------------------------
+# -- relu's gradient -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target", TARGET_NAMES)
 @pytest.mark.parametrize("shape", [(3, 5, 7, 9), (13, 17), (1001,)])
-def test_relu_backward(target, shape):
+def test_relu_gradient(target, shape):
+    """where(relu(x) > 0, dy, 0): exact, exact zeros of x included (torch's gradient 0)."""
     x = rand(shape, seed=1)
-    x.reshape(-1)[::7] = 0.0                       # exact zeros: gradient 0 (torch too)
-    y = np.maximum(x, 0)
+    x.reshape(-1)[::7] = 0.0
     dy = rand(shape, seed=2)
-    specs = [("y", shape, "float32"), ("dy", shape, "float32")]
-    feeds = {"y": y, "dy": dy}
-    out = _one_op("relu_backward", specs, feeds=feeds, target=target)
+    g = ig.Graph()
+    xv = g.variable("x", shape, value=x)
+    dyi = g.input("dy", shape)
+    g.output("dx", ig.grad(g, ig.ops.sum(ig.ops.relu(xv) * dyi), [xv])["x"])
+    out = _engine(g, target).run({"dy": dy})["dx"]
     xt = _t(x).requires_grad_()
     torch.relu(xt).backward(_t(dy))
     np.testing.assert_array_equal(out, xt.grad.numpy().astype(np.float32))
-    np.testing.assert_array_equal(out, _reference("relu_backward", feeds, specs))
 
 
 # -- reshape / transpose (exact) --------------------------------------------------------------
@@ -201,124 +202,71 @@ def _grads(shape, steps, seed):
     return [rand(shape, seed=seed + s) for s in range(steps)]
 
 
+def _optim_engine(shape, target, build):
+    """A parameter 'w' (a variable) updated by build(g, {"w": grad input}, lr input)."""
+    g = ig.Graph()
+    w = g.variable("w", shape, value=rand(shape, seed=11))
+    gi, lr = g.input("g", shape), g.input("lr", ())
+    build(g, {"w": gi}, lr)
+    return g, w, _engine(g, target)
+
+
 @pytest.mark.parametrize("target", TARGET_NAMES)
 @pytest.mark.parametrize("shape", PARAM_SHAPES)
 @pytest.mark.parametrize("momentum,weight_decay", [(0.9, 1e-2), (0.0, 0.0), (0.0, 5e-2)])
 def test_sgd_matches_torch(target, shape, momentum, weight_decay):
-    w0 = rand(shape, seed=11)
-    grads = _grads(shape, 3, seed=12)
-    lrs = [0.1, 0.05, 0.02]                        # lr is fed: changes every step
-    g = ig.Graph()
-    gi, wi, lr = g.input("g", shape), g.input("w", shape), g.input("lr", ())
-    attrs = {"momentum": momentum, "weight_decay": weight_decay}
-    if momentum:
-        vi = g.input("v", shape)
-        d = OPS["sgd_direction"](gi, wi, vi, **attrs)
-    else:
-        d = OPS["sgd_direction"](gi, wi, **attrs)
-    g.output("d_out", d)
-    g.output("w_new", OPS["sgd_apply"](wi, d, lr))
-    eng = _engine(g, target)
-
-    p = torch.nn.Parameter(_t(w0))
-    opt = torch.optim.SGD([p], lr=lrs[0], momentum=momentum, weight_decay=weight_decay)
-    w, v = w0, np.zeros(shape, np.float32)
-    for step, (grad, rate) in enumerate(zip(grads, lrs)):
-        feeds = {"g": grad, "w": w, "lr": np.array(rate, np.float32)}
-        if momentum:
-            feeds["v"] = v
-        res = eng.run(feeds)
-        ref_d = OPS["sgd_direction"].reference(
-            *[feeds[k].astype(np.float64) for k in ("g", "w", "v") if k in feeds], **attrs)
-        assert_close(res["d_out"], ref_d, reduction=2, what=f"sgd_direction step {step}")
-        assert_close(res["w_new"], OPS["sgd_apply"].reference(
-            w.astype(np.float64), res["d_out"].astype(np.float64), np.float64(rate)),
-            what=f"sgd_apply step {step}")
+    g, w, eng = _optim_engine(shape, target, lambda g, grads, lr: ig.optim.sgd(
+        g, grads, lr, momentum=momentum, weight_decay=weight_decay))
+    p = torch.nn.Parameter(_t(w.value))
+    opt = torch.optim.SGD([p], lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    for step, (grad, rate) in enumerate(zip(_grads(shape, 3, seed=12), [0.1, 0.05, 0.02])):
+        eng.run({"g": grad, "lr": np.array(rate, np.float32)})     # lr fed: a new one each step
         for group in opt.param_groups:
             group["lr"] = rate
         p.grad = _t(grad)
         opt.step()
-        w, v = res["w_new"], res["d_out"]
-        assert_close(w, p.detach().numpy(), reduction=4, what=f"SGD param after step {step + 1}")
+        assert_close(w.value, p.detach().numpy(), reduction=4,
+                     what=f"SGD param after step {step + 1}")
+        if momentum:
+            assert_close(eng.variables["w.momentum_buffer"],
+                         opt.state[p]["momentum_buffer"].numpy(), reduction=4)
 
 
 @pytest.mark.parametrize("target", TARGET_NAMES)
 @pytest.mark.parametrize("shape", PARAM_SHAPES)
 def test_adam_matches_torch(target, shape):
     b1, b2, eps = 0.8, 0.95, 1e-6
-    w0 = rand(shape, seed=21)
-    grads = _grads(shape, 3, seed=22)
-    lrs = [1e-2, 2e-2, 5e-3]
-    g = ig.Graph()
-    gi, wi, mi, vi = (g.input(n, shape) for n in ("g", "w", "m", "v"))
-    lr, step = g.input("lr", ()), g.input("step", ())
-    m_new = OPS["adam_moment"](mi, gi, beta=b1)
-    v_new = OPS["adam_moment"](vi, gi, beta=b2, square=True)
-    w_new = OPS["adam_apply"](wi, m_new, v_new, lr, step, beta1=b1, beta2=b2, eps=eps)
-    g.output("m_out", m_new)
-    g.output("v_out", v_new)
-    g.output("w_out", w_new)
-    eng = _engine(g, target)
-
-    p = torch.nn.Parameter(_t(w0))
-    opt = torch.optim.Adam([p], lr=lrs[0], betas=(b1, b2), eps=eps)
-    w, m, v = w0, np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-    for t, (grad, rate) in enumerate(zip(grads, lrs), start=1):
-        feeds = {"g": grad, "w": w, "m": m, "v": v, "lr": np.array(rate, np.float32),
-                 "step": np.array(t, np.float32)}
-        res = eng.run(feeds)
-        f64 = {k: a.astype(np.float64) for k, a in feeds.items()}
-        assert_close(res["m_out"], OPS["adam_moment"].reference(f64["m"], f64["g"], beta=b1,
-                                                            square=False), reduction=2)
-        assert_close(res["v_out"], OPS["adam_moment"].reference(f64["v"], f64["g"], beta=b2,
-                                                            square=True), reduction=2)
-        assert_close(res["w_out"], OPS["adam_apply"].reference(
-            f64["w"], res["m_out"].astype(np.float64), res["v_out"].astype(np.float64), f64["lr"],
-            f64["step"], beta1=b1, beta2=b2, eps=eps), reduction=2, what=f"adam_apply step {t}")
+    g, w, eng = _optim_engine(shape, target, lambda g, grads, lr: ig.optim.adam(
+        g, grads, lr, betas=(b1, b2), eps=eps))
+    p = torch.nn.Parameter(_t(w.value))
+    opt = torch.optim.Adam([p], lr=1e-2, betas=(b1, b2), eps=eps)
+    for t, (grad, rate) in enumerate(zip(_grads(shape, 3, seed=22), [1e-2, 2e-2, 5e-3]), 1):
+        eng.run({"g": grad, "lr": np.array(rate, np.float32)})
         for group in opt.param_groups:
             group["lr"] = rate
         p.grad = _t(grad)
         opt.step()
-        w, m, v = res["w_out"], res["m_out"], res["v_out"]
         state = opt.state[p]
-        assert_close(m, state["exp_avg"].numpy(), reduction=4, what=f"Adam m step {t}")
-        assert_close(v, state["exp_avg_sq"].numpy(), reduction=4, what=f"Adam v step {t}")
-        assert_close(w, p.detach().numpy(), reduction=4, what=f"Adam param after step {t}")
+        assert_close(eng.variables["w.exp_avg"], state["exp_avg"].numpy(), reduction=4,
+                     what=f"Adam m step {t}")
+        assert_close(eng.variables["w.exp_avg_sq"], state["exp_avg_sq"].numpy(), reduction=4,
+                     what=f"Adam v step {t}")
+        assert_close(w.value, p.detach().numpy(), reduction=4, what=f"Adam param step {t}")
 
 
-def test_sgd_apply_scalar_direction_broadcasts():
-    """The shape rule lets an update operand be a scalar: it is broadcast (read each run)."""
-    g = ig.Graph()
-    w, d, lr = g.input("w", (3, 4)), g.input("d", ()), g.input("lr", ())
-    g.output("out", OPS["sgd_apply"](w, d, lr))
-    eng = _engine(g, "host")
-    wv = rand((3, 4), seed=30)
-    for dv in (0.5, -1.0):
-        out = eng.run({"w": wv, "d": np.array(dv, np.float32), "lr": np.array(0.1, np.float32)})
-        assert_close(out["out"], wv.astype(np.float64) - 0.1 * dv)
+def test_updates_run_in_place_and_fuse():
+    """Each SGD update is two fused passes written straight into the variables: the momentum
+    buffer (buf·μ + g + w·λ), then the weight (w − buf·lr)."""
+    g, w, eng = _optim_engine((5, 13), "host", lambda g, grads, lr: ig.optim.sgd(
+        g, grads, lr, momentum=0.9, weight_decay=1e-2))
+    sets = eng.program.compute_sets
+    assert [cs.op for cs in sets] == ["pointwise", "pointwise"]
+    assert len(eng.program.inplace) == 2 and not eng.program.buffer_bytes
 
 
 # -- the codelets' argument checks (never a crash) --------------------------------------------
 
 def test_codelets_validate_arguments():
-    f = np.zeros(10, np.float32)
-    o = np.zeros(10, np.float32)
-    one = np.array([[0, 10]], np.int32)
-    lr = np.array(0.1, np.float32)
-    with pytest.raises(ValueError, match="outside"):
-        _C.sgd_apply(f, f, lr, o, np.array([[0, 11]], np.int32))
-    with pytest.raises(ValueError, match="vertices"):
-        _C.relu_backward(f, f, o, np.zeros((1, 3), np.int32))
-    with pytest.raises(ValueError, match="lr must be a scalar"):
-        _C.sgd_apply(f, f, np.zeros(2, np.float32), o, one)
-    with pytest.raises(ValueError, match="same number of elements"):
-        _C.adam_moment(f, np.zeros(9, np.float32), o, 0.9, False, one)
-    with pytest.raises(ValueError, match="out must be a float32"):
-        _C.sgd_apply(f, f, lr, np.zeros(10), one)
-    with pytest.raises(ValueError, match="out must be writeable"):
-        ro = np.zeros(10, np.float32)
-        ro.flags.writeable = False
-        _C.sgd_direction(f, f, None, ro, 0.0, 0.0, one)
     x = np.zeros((4, 3), np.float32)
     with pytest.raises(ValueError, match="integer"):
         _C.cross_entropy(x, np.zeros(4, np.float32), np.zeros((), np.float32),

@@ -1,6 +1,8 @@
-"""CPU kernels of the pooling / batch-norm training ops (csrc/train.cpp, backends/cpu_train.py):
-max_pool2d_backward, avg_pool2d_backward, bn_stats, batch_norm_train, bn_grad_stats,
-batch_norm_backward, running_stat_update, select, channel_sum.
+"""CPU kernels of the pooling gradients and of batch norm in training form (csrc/pool.cpp,
+csrc/norm.cpp, csrc/reduce.cpp; backends/cpu/pool.py, norm.py): max_pool2d_backward,
+avg_pool2d_backward, bn_stats, batch_norm_train, bn_grad_stats, channel_sum, select, and the
+rest of the batch-norm gradient and the running statistics (vocabulary chains, checked here
+end to end against torch).
 
 Every op runs through the graph API on the CPU backend, planned for "host" (few vertices) and
 "mk2" (split into many vertices: rows, channels, flat ranges), and is compared with torch
@@ -13,7 +15,7 @@ Tolerances (float32 kernels vs float64 oracles, inputs exactly representable in 
     tie choice moves a whole dy value and fails by far more than the tolerance).
   * per-channel sums (bn_stats, bn_grad_stats, channel_sum) accumulate in double, so the only
     error is the final rounding to float32: |err| <= 1e-6 * (|e| + mean|terms|).
-  * elementwise BN outputs (batch_norm_train, batch_norm_backward, running_stat_update):
+  * elementwise BN outputs (batch_norm_train, the dx chain, the running statistics):
     a few float32 roundings of O(max|e|) terms: |err| <= 1e-5 * max|e| + 1e-5 * |e|.
   * accuracy of batch statistics over M = 102400 values per channel with |mean| / std = 1e4
     (where a float32 E[x^2] - E[x]^2 loses every digit): mean to 1e-7 and variance to 1e-5
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 
 import ipugraph as ig
 from ipugraph import _C
-from helpers import rand, run
+from helpers import TARGETS as PLAN_TARGETS, rand, run
 
 OPS = ig.ops.OPS
 TARGETS = ["host", "mk2"]
@@ -205,24 +207,20 @@ BN_SHAPES = {
 }
 
 
-def _bn_graph(shape, eps, momentum):
+def _bn_graph(shape, eps, momentum, feeds):
+    """x, gamma, beta and the running statistics as variables (the gradients and updates flow
+    to them); dy fed: the loss is sum(y · dy)."""
     c = shape[1]
-    m = int(np.prod(shape)) // c
     g = ig.Graph(name="bn_train")
-    x = g.input("x", shape)
+    x, gamma, beta = (g.variable(n, feeds[n].shape, value=feeds[n]) for n in ("x", "gamma", "beta"))
+    rm = g.variable("rm", (c,), value=feeds["rm"], trainable=False)
+    rv = g.variable("rv", (c,), value=feeds["rv"], trainable=False)
     dy = g.input("dy", shape)
-    gamma = g.input("gamma", (c,))
-    beta = g.input("beta", (c,))
-    rm = g.input("rm", (c,))
-    rv = g.input("rv", (c,))
-    stats = OPS["bn_stats"](x)
-    y = OPS["batch_norm_train"](x, gamma, beta, stats, eps=eps)
-    gs = OPS["bn_grad_stats"](dy, x, stats, eps=eps)
-    dx = OPS["batch_norm_backward"](dy, x, gamma, stats, gs, eps=eps)
-    outs = {"stats": stats, "y": y, "gs": gs, "dx": dx,
-            "dgamma": OPS["select"](gs, index=1), "dbeta": OPS["select"](gs, index=0),
-            "rm_new": OPS["running_stat_update"](rm, stats, row=0, momentum=momentum, count=m),
-            "rv_new": OPS["running_stat_update"](rv, stats, row=1, momentum=momentum, count=m),
+    y, stats = ig.ops.batch_norm_train(x, gamma, beta, eps=eps, running_mean=rm, running_var=rv,
+                                       momentum=momentum)
+    grads = ig.grad(g, ig.ops.sum(y * dy), [x, gamma, beta])
+    outs = {"stats": stats, "y": y, "gs": OPS["bn_grad_stats"](dy, x, stats, eps=eps),
+            "dx": grads["x"], "dgamma": grads["gamma"], "dbeta": grads["beta"],
             "csum": OPS["channel_sum"](dy)}
     for name, t in outs.items():
         g.output(name, t)
@@ -239,7 +237,10 @@ def test_batch_norm_training_chain(case, target):
     feeds = {"x": (rand(shape, 10) * 2 + shift).astype(np.float32), "dy": rand(shape, 11),
              "gamma": rand((c,), 12, 0.5, 1.5), "beta": rand((c,), 13), "rm": rand((c,), 14),
              "rv": rand((c,), 15, 0.5, 2.0)}
-    got = run(_bn_graph(shape, eps, momentum), "cpu", target, feeds)
+    g = _bn_graph(shape, eps, momentum, feeds)
+    eng = ig.compile(g, backend="cpu", plan=ig.plan(g, PLAN_TARGETS[target]()))
+    got = eng.run({"dy": feeds["dy"]})
+    got["rm_new"], got["rv_new"] = eng.variables["rm"], eng.variables["rv"]
 
     # torch, float64 autograd
     x, gamma, beta = t64(feeds["x"], True), t64(feeds["gamma"], True), t64(feeds["beta"], True)
@@ -257,15 +258,8 @@ def test_batch_norm_training_chain(case, target):
     r["y"] = reference("batch_norm_train", [feeds["x"], feeds["gamma"], feeds["beta"],
                                              r["stats"]], eps=eps)
     r["gs"] = reference("bn_grad_stats", [feeds["dy"], feeds["x"], r["stats"]], eps=eps)
-    r["dx"] = reference("batch_norm_backward", [feeds["dy"], feeds["x"], feeds["gamma"],
-                                                 r["stats"], r["gs"]], eps=eps)
     r["dgamma"] = reference("select", [r["gs"]], index=1)
     r["dbeta"] = reference("select", [r["gs"]], index=0)
-    m = int(np.prod(shape)) // c
-    r["rm_new"] = reference("running_stat_update", [feeds["rm"], r["stats"]], row=0,
-                            momentum=momentum, count=m)
-    r["rv_new"] = reference("running_stat_update", [feeds["rv"], r["stats"]], row=1,
-                            momentum=momentum, count=m)
     r["csum"] = reference("channel_sum", [feeds["dy"]])
 
     sums = {"stats": np.abs(xd).mean(), "dgamma": 3 * np.abs(feeds["dy"]).sum(axis=axes).max(),
@@ -318,25 +312,21 @@ def test_flat_bn_ops_any_split_3d():
     random places equals one vertex; select over a 4-D and a 5-D tensor (layout change)."""
     rng = np.random.default_rng(30)
     n, c, l = 3, 5, 7
-    x, dy = rand((n, c, l), 31), rand((n, c, l), 32)
+    x = rand((n, c, l), 31)
     gamma, beta = rand((c,), 33, 0.5, 1.5), rand((c,), 34)
     stats = np.stack([rand((c,), 35), rand((c,), 36, 0.5, 1.5)])
-    gstats = np.stack([rand((c,), 37), rand((c,), 38)])
     size = x.size
     edges = np.unique(np.concatenate([[0, size], rng.integers(0, size, 12)]))
     split = np.stack([edges[:-1], edges[1:]], 1).astype(np.int32)[::-1].copy()
     whole = np.array([[0, size]], np.int32)
-    for fn, args in ((_C.batch_norm_train, (x, gamma, beta, stats)),
-                     (_C.batch_norm_backward, (dy, x, gamma, stats, gstats))):
-        outs = []
-        for verts in (whole, split):
-            out = np.full(size, np.nan, np.float32)
-            fn(*args, out, l, 1e-5, verts)
-            outs.append(out)
-        np.testing.assert_array_equal(outs[0], outs[1])
-    close(outs[0].reshape(x.shape),
-          reference("batch_norm_backward", [dy, x, gamma, stats, gstats], eps=1e-5), 1e-5,
-          1e-5, "3-D batch_norm_backward")
+    outs = []
+    for verts in (whole, split):
+        out = np.full(size, np.nan, np.float32)
+        _C.batch_norm_train(x, gamma, beta, stats, out, l, 1e-5, verts)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    close(outs[0].reshape(x.shape), reference("batch_norm_train", [x, gamma, beta, stats],
+                                              eps=1e-5), 1e-5, 1e-5, "3-D batch_norm_train")
     for shape in ((2, 3, 4, 5), (3, 2, 3, 4, 5), (4, 9)):
         t = rand(shape, 40)
         for target in TARGETS:
@@ -411,22 +401,6 @@ def test_bad_arguments_raise():
                                      _v([0, 25])), "element"),
         (lambda: _C.batch_norm_train(xf, g3, g3, st, np.zeros(23, np.float32), 1, 1e-5, fv),
          "same number"),
-        (lambda: _C.batch_norm_backward(xf, xf, g3, st, st[:1], np.zeros(24, np.float32), 1, 1e-5,
-                                        fv), "gstats"),
-        (lambda: _C.batch_norm_backward(xf, xf, g3, st, st, np.zeros(24, np.float32), 1,
-                                        float("nan"), fv), "eps"),
-        (lambda: _C.running_stat_update(g3, st, np.zeros(3, np.float32), 2, 0.1, 10, _v([0, 3])),
-         "row"),
-        (lambda: _C.running_stat_update(g3, st, np.zeros(3, np.float32), 1, 0.1, 1, _v([0, 3])),
-         "count"),
-        (lambda: _C.running_stat_update(g3, st[:, :2], np.zeros(3, np.float32), 0, 0.1, 10,
-                                        _v([0, 3])), "stats"),
-        (lambda: _C.running_stat_update(g3, st, np.zeros(3, np.float32), 0, 0.1, 10, _v([1, 4])),
-         "element"),
-        (lambda: _C.select_rows(st, np.zeros(3, np.float32), 2, _v([0, 3])), "index"),
-        (lambda: _C.select_rows(st, np.zeros(3, np.float32), -1, _v([0, 3])), "index"),
-        (lambda: _C.select_rows(st, np.zeros(4, np.float32), 0, _v([0, 4])), "not \\[R"),
-        (lambda: _C.select_rows(st, np.zeros(3, np.float32), 0, _v([0, 4])), "element"),
     ]
     for i, (call, match) in enumerate(bad_calls):
         try:

@@ -26,6 +26,7 @@ kernel gets a single small config there.
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -83,8 +84,8 @@ def store_epilogue(acc, offs_m, offs_n, mask_m, mask_n, bias_ptr, res_ptr, strid
         res = tl.load(res_ptr + rows[:, None] * stride_res_m + offs_n[None, :], mask=mask,
                       other=0.0)
         acc = acc + res.to(tl.float32)
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
+    if RELU:                                      # (NaN stays NaN, as torch.relu)
+        acc = tl.where(acc < 0.0, 0.0, acc)
     tl.store(out_ptr + rows[:, None] * stride_out_m + offs_n[None, :],
              acc.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -149,3 +150,24 @@ def pair(v, what: str = "argument") -> tuple[int, int]:
         return int(a), int(b)
     except (TypeError, ValueError):
         raise ValueError(f"{what}: expected an int or a pair, got {v!r}") from None
+
+
+def like(ref, out, what: str, name: str = "out"):
+    """`out`, checked to have ref's shape, dtype and device, or a new contiguous one."""
+    if out is None:
+        out = torch.empty_like(ref, memory_format=torch.contiguous_format)
+    check_tensor(out, f"{what} {name}", shape=tuple(ref.shape), dtype=ref.dtype,
+                 device=ref.device)
+    return out
+
+
+def check_same(t, ref, what: str, name: str, dtype: bool = True) -> None:
+    check_tensor(t, f"{what} {name}", shape=tuple(ref.shape),
+                 dtype=ref.dtype if dtype else None, device=ref.device)
+
+
+def check_scalar(t, what: str, name: str, device) -> None:
+    check_tensor(t, f"{what} {name}", device=device)
+    if t.numel() != 1:
+        raise ValueError(f"{what}: {name} must be a scalar (one element), got shape "
+                         f"{tuple(t.shape)}")
