@@ -57,7 +57,7 @@ def grad(graph: Graph, loss: Tensor, wrt=None) -> dict[str, Tensor]:
         if unused:
             raise GraphError(f"grad: the loss '{loss.name}' does not depend on {unused}")
     forward = [n for n in graph.nodes if n.output.name in path]
-    seed = graph.constant(np.ones(loss.shape, DTYPES[loss.dtype]),
+    seed = graph.constant(np.ones(loss.shape, DTYPES[loss.dtype]), dtype=loss.dtype,
                           name=graph.fresh_name(f"{loss.name}.grad_seed"))
     pending: dict[str, list[Tensor]] = {loss.name: [seed]}
 

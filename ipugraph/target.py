@@ -20,6 +20,7 @@ slices whose working set fits it, but a host plan is never refused for size.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, replace
@@ -120,12 +121,18 @@ class Target:
                 f"peak {self.peak_flops() / 1e12:.2f} TFLOP/s FP32")
 
 
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+@functools.lru_cache(maxsize=None)
 def _l2_bytes(default: int = 512 * 1024) -> int:
     try:
         for idx in sorted(os.listdir("/sys/devices/system/cpu/cpu0/cache")):
             base = f"/sys/devices/system/cpu/cpu0/cache/{idx}"
-            if open(f"{base}/level").read().strip() == "2":
-                size = open(f"{base}/size").read().strip()
+            if _read(f"{base}/level").strip() == "2":
+                size = _read(f"{base}/size").strip()
                 mult = {"K": 1024, "M": 1024 * 1024}.get(size[-1], 1)
                 return int(size.rstrip("KM")) * mult
     except OSError:
@@ -133,11 +140,12 @@ def _l2_bytes(default: int = 512 * 1024) -> int:
     return default
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu_info() -> dict:
-    """Clock and FP32 FMA throughput of this CPU (MACs per core per cycle)."""
+    """Clock and FP32 FMA throughput of this CPU (MACs per core per cycle), read once."""
     text = ""
     try:
-        text = open("/proc/cpuinfo").read()
+        text = _read("/proc/cpuinfo")
     except OSError:
         pass
     mhz = [float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", text)]

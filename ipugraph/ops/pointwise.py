@@ -122,6 +122,8 @@ def _infer(prim: Primitive):
                 raise fail(prim.name, node, f"operands must share one dtype, got "
                            f"{sorted(dtypes)}", **named)
             return [(shape, "bool")]
+        if prim.name == "where" and all(t.dtype == "bool" for t in values):
+            return [(shape, "bool")]                  # a choice between two masks
         return [(shape, _value_dtype(prim.name, node, named, prim.ints))]
     return infer
 
