@@ -113,8 +113,9 @@ def generate(shape, operands, immediates, code, result: int, out_bool: bool) -> 
     for j, value in enumerate(immediates):
         body.append(f"v{len(operands) + j} = tl.full((BLOCK,), {_literal(value)}, tl.float32)")
     for i, (expr, args) in enumerate(code):
-        names = dict(zip("abc", (f"v{a}" for a in args)))
-        body.append(f"v{n_in + i} = {expr.format(**names)}")
+        for slot, a in zip(("{a}", "{b}", "{c}"), args):     # (any other brace is the code's)
+            expr = expr.replace(slot, f"v{a}")
+        body.append(f"v{n_in + i} = {expr}")
     res = f"v{result}"
     if result < len(operands) and not any(operands[result][0]):
         res = f"tl.full((BLOCK,), 0.0, tl.float32) + {res}"     # a scalar stored everywhere

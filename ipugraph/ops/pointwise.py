@@ -8,8 +8,9 @@ itself, its cost per element and the input range tests draw from. This is how po
 expressions, Inductor's ops handler and tinygrad's `code_for_op` work: adding a primitive with
 its gradient, on every backend, is one `primitive(...)` call below.
 
-Expressions use the placeholders {a}, {b}, {c} for the operands, evaluated in fp32 (C++
-`float`, Triton fp32 tensors). A comparison yields 1.0 or 0.0 inside a chain and a bool tensor
+Expressions use the placeholders {a}, {b}, {c} for the operands (replaced literally: any other
+brace is the expression's own, e.g. a C++ lambda's), evaluated in fp32 (C++ `float`, Triton fp32
+tensors). A comparison yields 1.0 or 0.0 inside a chain and a bool tensor
 when stored; `where` picks {b} where {a} is not zero. NaN propagates as in torch: relu(nan),
 maximum(nan, x) and minimum(x, nan) are nan.
 
