@@ -10,7 +10,6 @@
 - a ResNet-18 learns the generated shapes data set (test under 2 minutes);
 - a ResNet-34 training step at batch 4 plans onto the Mk2 with every tile within its memory.
 """
-import time
 
 import numpy as np
 import pytest
@@ -278,9 +277,8 @@ def test_sgd_momentum_step_resnet34_matches_torch():
 def test_resnet_learns_generated_shapes():
     """ResNet-18 from scratch on 4 kinds of shapes (random colour, size, place, background),
     32x32, batch 32: 320 Adam steps (lr 2e-3, each image seen once) reach >= 90% accuracy on
-    256 held-out images (measured: 97%, ~60 s on 2 cores)."""
+    256 held-out images (measured: 97%). How long it takes is bench/bench_learn_shapes.py's."""
     B, S, C, steps = 32, 32, 4, 320
-    t0 = time.time()
     xs, ys = ig.datasets.shapes(steps * B, S, C, seed=1)
     xt, yt = ig.datasets.shapes(8 * B, S, C, seed=2)
     g = ig.models.resnet18(batch=B, image_size=S, num_classes=C, training=True)
@@ -302,7 +300,6 @@ def test_resnet_learns_generated_shapes():
     accuracy = correct / len(xt)
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10]), losses
     assert accuracy >= 0.9, f"accuracy {accuracy:.3f} after 150 steps; losses {losses[::10]}"
-    assert time.time() - t0 < 120
 
 
 def test_resnet34_training_plan_fits_mk2_at_batch_4():

@@ -99,6 +99,7 @@ class CpuExecutable(Executable):
         self.kernels = [lowering_for(cs.op, "cpu")(ctx, cs) for cs in program.compute_sets]
         for k, cs in zip(self.kernels, program.compute_sets):
             k.op = cs.op
+        self._refresh()                            # pack the static operands now, at compile
 
     def new_storage(self, t: Tensor) -> np.ndarray:
         dtype = np.float32 if t.dtype.startswith("float") else DTYPES[t.dtype]

@@ -156,6 +156,7 @@ class TritonExecutable(Executable):
         self.kernels = [lowering_for(cs.op, "triton")(ctx, cs) for cs in program.compute_sets]
         for k, cs in zip(self.kernels, program.compute_sets):
             k.op = cs.op
+        self._refresh()                            # pack the static operands now, at compile
         self._graph = None
 
     def torch_dtype(self, name: str):
