@@ -39,28 +39,28 @@ struct ConvGeom {
 
 enum class Mode { Fused, Split, Gather };
 
-py::array_t<float> pack_conv_weight(const FArr& w, int groups) {
+py::array_t<float> pack_conv_weight(const FArr& w, int groups, bool channels_last) {
   const char* fn = "pack_conv_weight";
-  check_ndim(w, 4, fn, "w", "[K, Cg, R, S]");
-  const int64_t K = w.shape(0), Cg = w.shape(1), R = w.shape(2), S = w.shape(3);
+  const WeightView v = weight_view(w, channels_last, fn);
+  const int64_t K = v.K, Cg = v.Cg, R = v.R, S = v.S;
   if (groups < 1 || K % groups != 0)
     fail(std::string(fn) + ": groups=" + std::to_string(groups) + " must be >= 1 and divide K of w " +
          shape_str(w));
   const int64_t G = groups, Kg = K / G, KB = (Kg + kBlock - 1) / kBlock;
   float* dst = nullptr;
-  auto out = aligned_array(G * KB * R * S * Cg * kBlock, &dst);
+  auto out = aligned_array(G * KB * R * S * Cg * kBlock, &dst, /*zero=*/false);
   const float* src = w.data();
+  py::gil_scoped_release nogil;
+#pragma omp parallel for collapse(2) schedule(static)
   for (int64_t g = 0; g < G; ++g)
-    for (int64_t kb = 0; kb < KB; ++kb)
+    for (int64_t kb = 0; kb < KB; ++kb) {  // 16 output channels: rows (r, s, c), lanes k
+      const int64_t n = std::min<int64_t>(kBlock, Kg - kb * kBlock);
+      const float* wk = src + (g * Kg + kb * kBlock) * v.sk;
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s)
-          for (int64_t c = 0; c < Cg; ++c) {
-            float* row = dst + ((((g * KB + kb) * R + r) * S + s) * Cg + c) * kBlock;
-            for (int64_t l = 0; l < kBlock; ++l) {
-              const int64_t kk = kb * kBlock + l;
-              if (kk < Kg) row[l] = src[(((g * Kg + kk) * Cg + c) * R + r) * S + s];
-            }
-          }
+          pack_lanes(dst + (((g * KB + kb) * R + r) * S + s) * Cg * kBlock,
+                     wk + r * v.sr + s * v.ss, n, v.sk, Cg, v.sc);
+    }
   return out;
 }
 
@@ -396,8 +396,10 @@ void conv2d_nhwc_partial(const FArr& x, const FArr& wp, py::array partials, cons
 
 void register_conv(py::module& m) {
   m.def("pack_conv_weight", &pack_conv_weight, py::arg("w"), py::arg("groups") = 1,
-        "Pack float32 w[K, Cg, R, S] into the blocked layout [G][ceil(Kg/16)][R][S][Cg][16] "
-        "(1-D, zero padded) that conv2d_nhwc consumes.");
+        py::arg("channels_last") = false,
+        "Pack float32 w[K, Cg, R, S] (or, channels_last, its [K, R, S, Cg] storage) into the "
+        "blocked layout [G][ceil(Kg/16)][R][S][Cg][16] (1-D, zero padded) that conv2d_nhwc "
+        "consumes.");
   m.def("conv2d_nhwc", &conv2d_nhwc, py::arg("x"), py::arg("wp"), py::arg("bias"),
         py::arg("residual"), py::arg("out"), py::arg("vertices"), py::arg("K"), py::arg("R"),
         py::arg("S"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),

@@ -62,28 +62,28 @@ int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
 // Backward-data
 // ---------------------------------------------------------------------------------------------
 
-py::array_t<float> pack_conv_data_weight(const FArr& w, int64_t groups) {
+py::array_t<float> pack_conv_data_weight(const FArr& w, int64_t groups, bool channels_last) {
   const char* fn = "pack_conv_data_weight";
-  check_ndim(w, 4, fn, "w", "[K, Cg, R, S]");
-  const int64_t K = w.shape(0), Cg = w.shape(1), R = w.shape(2), S = w.shape(3);
+  const WeightView v = weight_view(w, channels_last, fn);
+  const int64_t K = v.K, Cg = v.Cg, R = v.R, S = v.S;
   if (groups < 1 || K % groups != 0)
     fail(std::string(fn) + ": groups=" + std::to_string(groups) +
          " must be >= 1 and divide K of w " + shape_str(w));
   const int64_t G = groups, Kg = K / G, CB = (Cg + kBlock - 1) / kBlock;
   float* dst = nullptr;
-  auto out = aligned_array(G * CB * R * S * Kg * kBlock, &dst);
+  auto out = aligned_array(G * CB * R * S * Kg * kBlock, &dst, /*zero=*/false);
   const float* src = w.data();
+  py::gil_scoped_release nogil;
+#pragma omp parallel for collapse(2) schedule(static)
   for (int64_t g = 0; g < G; ++g)
-    for (int64_t cb = 0; cb < CB; ++cb)
+    for (int64_t cb = 0; cb < CB; ++cb) {  // 16 input channels: rows (r, s, k), lanes c
+      const int64_t n = std::min<int64_t>(kBlock, Cg - cb * kBlock);
+      const float* wc = src + g * Kg * v.sk + cb * kBlock * v.sc;
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s)
-          for (int64_t kk = 0; kk < Kg; ++kk) {
-            float* row = dst + ((((g * CB + cb) * R + r) * S + s) * Kg + kk) * kBlock;
-            for (int64_t l = 0; l < kBlock; ++l) {
-              const int64_t c = cb * kBlock + l;
-              if (c < Cg) row[l] = src[(((g * Kg + kk) * Cg + c) * R + r) * S + s];
-            }
-          }
+          pack_lanes(dst + (((g * CB + cb) * R + r) * S + s) * Kg * kBlock,
+                     wc + r * v.sr + s * v.ss, n, v.sc, Kg, v.sk);
+    }
   return out;
 }
 
@@ -656,7 +656,8 @@ void conv2d_backward_weight_nhwc_partial(const FArr& x, const FArr& dy, py::arra
 
 void register_conv_grad(py::module& m) {
   m.def("pack_conv_data_weight", &pack_conv_data_weight, py::arg("w"), py::arg("groups") = 1,
-        "Pack float32 w[K, Cg, R, S] transposed into [G][ceil(Cg/16)][R][S][Kg][16] (1-D, zero "
+        py::arg("channels_last") = false,
+        "Pack float32 w[K, Cg, R, S] (or, channels_last, its [K, R, S, Cg] storage) transposed into [G][ceil(Cg/16)][R][S][Kg][16] (1-D, zero "
         "padded; lane = input channel) for conv2d_backward_data_nhwc.");
   m.def("conv2d_backward_data_nhwc", &conv2d_backward_data_nhwc, py::arg("dy"), py::arg("wp"),
         py::arg("out"), py::arg("vertices"), py::arg("Cg"), py::arg("R"), py::arg("S"),

@@ -28,16 +28,14 @@ py::array_t<float> pack_matmul_weight(const FArr& b, bool transposed) {
   const int64_t N = transposed ? b.shape(0) : b.shape(1);
   const int64_t NB = (N + kBlock - 1) / kBlock;
   float* dst = nullptr;
-  auto out = aligned_array(NB * K * kBlock, &dst);
+  auto out = aligned_array(NB * K * kBlock, &dst, /*zero=*/false);
   const float* src = b.data();
-  for (int64_t nb = 0; nb < NB; ++nb)
-    for (int64_t k = 0; k < K; ++k) {
-      float* row = dst + (nb * K + k) * kBlock;
-      for (int64_t l = 0; l < kBlock; ++l) {
-        const int64_t n = nb * kBlock + l;
-        if (n < N) row[l] = transposed ? src[n * K + k] : src[k * N + n];
-      }
-    }
+  const int64_t sn = transposed ? K : 1, sk = transposed ? 1 : N;
+  py::gil_scoped_release nogil;
+#pragma omp parallel for schedule(static)
+  for (int64_t nb = 0; nb < NB; ++nb)  // 16 columns: rows k, lanes n
+    pack_lanes(dst + nb * K * kBlock, src + nb * kBlock * sn,
+               std::min<int64_t>(kBlock, N - nb * kBlock), sn, K, sk);
   return out;
 }
 

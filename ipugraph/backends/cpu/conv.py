@@ -52,6 +52,15 @@ def folded_weight_bias(ctx: Context, cs, w_t, b_t, out_axis: int):
     return np.ascontiguousarray(w, np.float32), np.ascontiguousarray(b, np.float32)
 
 
+def conv_weight(ctx: Context, w_t) -> tuple[np.ndarray, bool]:
+    """A conv weight to pack and whether it is channels last: this executable's own storage
+    ([K, R, S, Cg]) when it holds the current value (a trained weight), so packing reads it in
+    place instead of first transposing a copy; else the logical value."""
+    if ctx.exe.holds(w_t):
+        return check_array(ctx.storage(w_t), storage_shape(w_t), "conv weight"), True
+    return np.ascontiguousarray(ctx.value(w_t), dtype=np.float32), False
+
+
 def weight_operands(cs, w_t, b_t) -> tuple:
     """The tensors a gemm / conv kernel packs: weight, bias, folded batch-norm parameters."""
     bn = tuple(cs.folded_bn.inputs[1:]) if cs.folded_bn is not None else ()
@@ -93,6 +102,11 @@ def conv2d_cpu(ctx: Context, cs) -> Kernel:
     packed = {}
 
     def prepare():
+        if cs.folded_bn is None and b_t is None:
+            w, channels_last = conv_weight(ctx, w_t)
+            packed["w"] = C.pack_conv_weight(w, groups, channels_last)
+            packed["b"] = None
+            return
         w, b = folded_weight_bias(ctx, cs, w_t, b_t, out_axis=0)
         packed["w"] = C.pack_conv_weight(w, groups)
         packed["b"] = b
@@ -140,8 +154,8 @@ def conv2d_backward_data_cpu(ctx: Context, cs) -> Kernel:
     packed = {}
 
     def prepare():
-        w = np.ascontiguousarray(ctx.value(w_t), dtype=np.float32)
-        packed["w"] = C.pack_conv_data_weight(w, groups)
+        w, channels_last = conv_weight(ctx, w_t)
+        packed["w"] = C.pack_conv_data_weight(w, groups, channels_last)
 
     dynamic = not ctx.is_static(w_t)
     if not split:
