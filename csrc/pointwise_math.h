@@ -16,16 +16,12 @@ namespace ipugraph {
 inline float ipg_bits_to_float(uint32_t b) { return __builtin_bit_cast(float, b); }
 inline uint32_t ipg_float_to_bits(float f) { return __builtin_bit_cast(uint32_t, f); }
 
-// e^x.  x = n ln2 + r (Cody-Waite, |r| <= ln2 / 2), e^r by Cephes' degree-6 polynomial, 2^n
-// applied as two factors 2^(n/2) 2^(n - n/2) so that results down to the subnormals are exact
-// scalings.  Above ln(FLT_MAX) the result is inf, below ln(2^-150) zero.
-inline float ipg_exp(float x) {
-  constexpr float kHi = 88.72283935546875f, kLo = -103.972084045410f;
+// The shared core of ipg_exp and exp_neg: for x already clamped, n = round(x / ln2) (fx, as
+// a float) and e^r with r = x - n ln2 (Cody-Waite two-part ln2, Cephes' degree-6 polynomial).
+inline float ipg_exp_reduced(float x, float* fx_out) {
   constexpr float kRound = 12582912.f;  // 1.5 * 2^23: adding and subtracting rounds to an int
-  float xc = x > kHi ? kHi : x;         // (NaN compares false and passes through)
-  xc = xc < kLo ? kLo : xc;
-  const float fx = (xc * 1.44269504088896341f + kRound) - kRound;
-  float r = xc - fx * 0.693359375f;
+  const float fx = (x * 1.44269504088896341f + kRound) - kRound;
+  float r = x - fx * 0.693359375f;
   r = r - fx * -2.12194440e-4f;
   const float z = r * r;
   float y = 1.9875691500e-4f;
@@ -34,7 +30,19 @@ inline float ipg_exp(float x) {
   y = y * r + 4.1665795894e-2f;
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
-  y = y * z + r + 1.0f;
+  *fx_out = fx;
+  return y * z + r + 1.0f;
+}
+
+// e^x.  x = n ln2 + r (Cody-Waite, |r| <= ln2 / 2), e^r by Cephes' degree-6 polynomial, 2^n
+// applied as two factors 2^(n/2) 2^(n - n/2) so that results down to the subnormals are exact
+// scalings.  Above ln(FLT_MAX) the result is inf, below ln(2^-150) zero.
+inline float ipg_exp(float x) {
+  constexpr float kHi = 88.72283935546875f, kLo = -103.972084045410f;
+  float xc = x > kHi ? kHi : x;         // (NaN compares false and passes through)
+  xc = xc < kLo ? kLo : xc;
+  float fx;
+  const float y = ipg_exp_reduced(xc, &fx);
   const int32_t n = static_cast<int32_t>(fx == fx ? fx : 0.f);  // in [-150, 128]
   const int32_t n1 = n / 2, n2 = n - n1;                          // each in [-75, 64]
   const float s1 = ipg_bits_to_float(static_cast<uint32_t>(n1 + 127) << 23);
@@ -48,18 +56,8 @@ inline float ipg_exp(float x) {
 inline float exp_neg(float x) {
   x = x < -87.33654f ? -87.33654f : x;
   x = x > 88.37626f ? 88.37626f : x;
-  constexpr float kRound = 12582912.f;
-  const float fx = (x * 1.44269504088896341f + kRound) - kRound;
-  float r = x - fx * 0.693359375f;
-  r = r - fx * -2.12194440e-4f;
-  const float z = r * r;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * z + r + 1.0f;
+  float fx;
+  const float y = ipg_exp_reduced(x, &fx);
   const int32_t e = static_cast<int32_t>(fx == fx ? fx : 0.f) + 127;
   const uint32_t bits = static_cast<uint32_t>(e < 1 ? 1 : (e > 254 ? 254 : e)) << 23;
   return y * ipg_bits_to_float(bits);

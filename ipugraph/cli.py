@@ -249,6 +249,27 @@ def _figures(times: list[float], batch: int, macs: int) -> dict:
             "gflop_per_s": 2.0 * macs / median / 1e9, "times_ms": [t * 1e3 for t in times]}
 
 
+def _profile(engine, feeds: dict, runs: int):
+    """The median-total profile of `runs` profiled runs (None where the backend has none)."""
+    profiles = []
+    for i in range(runs):
+        progress(f"profiled run {i + 1}/{runs}")
+        engine.run(feeds, profile=True)
+        if engine.last_profile is None:
+            return None
+        profiles.append(engine.last_profile)
+    return sorted(profiles, key=lambda p: p.total)[len(profiles) // 2]
+
+
+def _print_profile(prof, runs: int) -> None:
+    if prof is None:
+        print("profile: this backend does not time its compute sets")
+        return
+    print(f"\nprofile of one ipugraph run (the median of {runs} profiled runs; each compute set "
+          "synchronised and timed)")
+    print(prof.table())
+
+
 def _rel_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
 
@@ -395,6 +416,9 @@ def cmd_bench(args) -> int:
             + (" (BUSY: these times are inflated)" if busy else ""))
     print(f"medians of {args.iters} interleaved runs after {args.warmup} warm-up on {cores} "
           f"cores ({cpu_model()}); {load}")
+    prof = _profile(engine, {"x": x}, args.iters) if args.profile else None
+    if args.profile:
+        _print_profile(prof, args.iters)
     if not agree:
         print(f"ERROR: ipugraph and torch disagree (max rel error {max(errors.values()):.2e} > "
               f"{AGREE_REL_ERROR}); the timings compare different computations", file=sys.stderr)
@@ -417,6 +441,7 @@ def cmd_bench(args) -> int:
             "versions": {"ipugraph": __version__, "python": platform.python_version(),
                          "numpy": np.__version__, "torch": torch.__version__ if torch else None},
             "extension": extension_info() if args.backend == "cpu" else None,
+            "profile": prof.to_dict() if prof is not None else None,
         })
     return 0 if agree else 1
 
@@ -457,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=nonnegative_int, default=0,
                        help="seed of the random weights and input")
     bench.add_argument("--json", metavar="FILE", help="also write the figures and machine info")
+    bench.add_argument("--profile", action="store_true",
+                       help="after the timed runs, time every compute set of --iters more "
+                            "ipugraph runs and print the per-op-kind table (also in --json)")
     bench.add_argument("--train", action="store_true",
                        help="time one training step (forward, cross-entropy, backward, SGD "
                        "update) instead of inference")

@@ -119,8 +119,8 @@ def bench_train(cli, args) -> int:
         cli.progress(f"first-step loss: ipugraph {first['ipugraph']:.6f}, torch "
                      f"{first['torch channels_last']:.6f} (rel. difference {error:.1e})")
     times, others = cli._measure(runners, args.warmup, args.iters)
-    # a training step does about 3x the forward MACs (forward, backward-data, backward-weight)
-    results = {name: cli._figures(t, args.batch, 3 * macs) for name, t in times.items()}
+    # the training graph's macs() already counts forward, backward-data and backward-weight
+    results = {name: cli._figures(t, args.batch, macs) for name, t in times.items()}
     peer = "torch channels_last" if torch is not None else None
     ratio = results["ipugraph"]["img_per_s"] / results[peer]["img_per_s"] if peer else None
     print(f"{args.model} training step (forward, cross-entropy, backward, SGD momentum "
@@ -137,6 +137,10 @@ def bench_train(cli, args) -> int:
     print(f"medians of {args.iters} interleaved steps after {args.warmup} warm-up on "
           f"{len(os.sched_getaffinity(0))} cores ({cli.cpu_model()})"
           + (f"; other processes used {others:.2f} cores (BUSY)" if busy else ""))
+    feeds = {"x": x, "labels": y, "lr": lr}
+    prof = cli._profile(engine, feeds, args.iters) if args.profile else None
+    if args.profile:
+        cli._print_profile(prof, args.iters)
     if args.json:
         cli.write_json(args.json, {
             "command": args.command_line,
@@ -148,5 +152,6 @@ def bench_train(cli, args) -> int:
             "machine": {"cpu_model": cli.cpu_model(), "other_processes_cores": others,
                         "platform": platform.platform()},
             "versions": {"ipugraph": __version__, "numpy": np.__version__,
-                         "torch": torch.__version__ if torch else None}})
+                         "torch": torch.__version__ if torch else None},
+            "profile": prof.to_dict() if prof is not None else None})
     return 0 if error is None or error < 1e-3 else 1

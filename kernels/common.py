@@ -59,6 +59,50 @@ def dot_in_fp32(dtype) -> bool:
 
 
 @triton.jit
+def program_block(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's rows (grid axis 0) and columns (grid axis 1): offsets and masks."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return offs_m, offs_n, offs_m < M, offs_n < N
+
+
+@triton.jit
+def decode_field(offs_m, H, W):
+    """Pixels m = (n, h, w) of an NHWC [N, H, W] field."""
+    w = offs_m % W
+    h = (offs_m // W) % H
+    n = offs_m // (W * H)
+    return n, h, w
+
+
+@triton.jit
+def tap_source(pos, pad, tap, dil, stride, OUT):
+    """The output row/column whose window reads input row/column `pos` through tap `tap`, and
+    whether it exists (on the stride grid and inside [0, OUT)): the transposed window of a
+    conv's backward-data and a pool's backward."""
+    num = pos + pad - tap * dil
+    src = num // stride
+    ok = (num >= 0) & (num - src * stride == 0) & (src < OUT)
+    return src, ok
+
+
+@triton.jit
+def offset6(i, n0, n1, n2, n3, n4, n5, s0, s1, s2, s3, s4, s5):
+    """The offset of flat index i over dims (n0..n5) row-major, through strides (s0..s5)."""
+    off = (i % n5) * s5
+    r = i // n5
+    off += (r % n4) * s4
+    r = r // n4
+    off += (r % n3) * s3
+    r = r // n3
+    off += (r % n2) * s2
+    r = r // n2
+    off += (r % n1) * s1
+    r = r // n1
+    return off + r * s0
+
+
+@triton.jit
 def decode_pixels(offs_m, H, W, C, OH, OW, stride_h, stride_w, pad_h, pad_w):
     """Output pixels m of an NHWC [N, OH, OW] field: the top-left input row/column of each
     pixel's window (before dilation) and the int64 offset of its image x[n, 0, 0, 0]."""

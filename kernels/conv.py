@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from .common import LAUNCH_OPTIONS, check_epilogue, check_no_overlap, check_tensor, \
-    configs, decode_pixels, dot_in_fp32, input_precision, pair, store_epilogue
+    configs, decode_pixels, dot_in_fp32, input_precision, pair, program_block, store_epilogue
 from .matmul import matmul
 
 CONV_CONFIGS = configs(
@@ -138,12 +138,7 @@ def conv2d_depthwise_nhwc_kernel(
         HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """One input channel per group (Cg = 1): out[m, k] = sum_{r,s} x[.., k // Kg] · w[k, r, s]."""
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_m = offs_m < M
-    mask_k = offs_k < K
+    offs_m, offs_k, mask_m, mask_k = program_block(M, K, BLOCK_M, BLOCK_C)
     ih0, iw0, x_pix = decode_pixels(offs_m, H, W, C, OH, OW, stride_h, stride_w, pad_h, pad_w)
     group = offs_k // KG                               # the input channel of output channel k
     # Packed weights [G, R·S, Kg]: w[k, r, s] at group·R·S·Kg + (r·S + s)·Kg + k % Kg.

@@ -38,7 +38,7 @@ import triton.language as tl
 
 from .conv import GATHER_BELOW_CHANNELS, conv_out_size
 from .common import INTERPRET, LAUNCH_OPTIONS, check_no_overlap, check_tensor, configs, \
-    decode_pixels, dot_in_fp32, input_precision, pair
+    decode_field, decode_pixels, dot_in_fp32, input_precision, pair, program_block, tap_source
 
 DGRAD_CONFIGS = configs(
     [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
@@ -63,25 +63,6 @@ SUM_CONFIGS = configs([triton.Config({"BLOCK": 1024}, num_warps=4)],
 
 # -- backward data -----------------------------------------------------------------------------
 
-@triton.jit
-def _decode_dx_pixels(offs_m, H, W):
-    """dx pixels m = (n, h, w) of an [N, H, W] field."""
-    w = offs_m % W
-    h = (offs_m // W) % H
-    n = offs_m // (W * H)
-    return n, h, w
-
-
-@triton.jit
-def _tap_source(pos, pad, tap, dil, stride, OUT):
-    """The output row/column that reads input row/column `pos` through tap `tap`, and whether
-    it exists (on the stride grid and inside [0, OUT))."""
-    num = pos + pad - tap * dil
-    src = num // stride
-    ok = (num >= 0) & (num - src * stride == 0) & (src < OUT)
-    return src, ok
-
-
 @triton.autotune(configs=DGRAD_CONFIGS, restore_value=["dx_ptr"],
                  key=["M", "CG", "KG", "R", "S", "stride_h", "stride_w", "GATHER_K",
                       "INPUT_PRECISION"])
@@ -100,7 +81,7 @@ def conv2d_backward_data_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
     mask_n = offs_n < CG
-    n, h, w = _decode_dx_pixels(offs_m, H, W)
+    n, h, w = decode_field(offs_m, H, W)
     dy_img = n.to(tl.int64) * OH * OW * K + g * KG           # dy[n, 0, 0, g·Kg]
     RSC = R * S * CG
     # w[g·Kg + kk, r, s, c] at (g·Kg + kk)·R·S·Cg + (r·S + s)·Cg + c
@@ -115,8 +96,8 @@ def conv2d_backward_data_kernel(
             kk = t % KG
             s = (t // KG) % S
             r = t // (S * KG)
-            oh, oh_ok = _tap_source(h[:, None], pad_h, r[None, :], dil_h, stride_h, OH)
-            ow, ow_ok = _tap_source(w[:, None], pad_w, s[None, :], dil_w, stride_w, OW)
+            oh, oh_ok = tap_source(h[:, None], pad_h, r[None, :], dil_h, stride_h, OH)
+            ow, ow_ok = tap_source(w[:, None], pad_w, s[None, :], dil_w, stride_w, OW)
             a = tl.load(dy_ptr + dy_img[:, None] + (oh * OW + ow) * K + kk[None, :],
                         mask=mask_m[:, None] & t_ok[None, :] & oh_ok & ow_ok, other=0.0)
             b = tl.load(w_group + (kk * RSC + (r * S + s) * CG)[:, None] + offs_n[None, :],
@@ -127,10 +108,10 @@ def conv2d_backward_data_kernel(
             acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
     else:
         for r in range(R):
-            oh, oh_ok = _tap_source(h, pad_h, r, dil_h, stride_h, OH)
+            oh, oh_ok = tap_source(h, pad_h, r, dil_h, stride_h, OH)
             row_ok = mask_m & oh_ok
             for s in range(S):
-                ow, ow_ok = _tap_source(w, pad_w, s, dil_w, stride_w, OW)
+                ow, ow_ok = tap_source(w, pad_w, s, dil_w, stride_w, OW)
                 pix_ok = row_ok & ow_ok
                 a_ptrs = dy_ptr + (dy_img + (oh * OW + ow) * K)[:, None] + offs_k[None, :]
                 b_ptrs = (w_group + (offs_k * RSC + (r * S + s) * CG)[:, None]
@@ -159,20 +140,15 @@ def conv2d_backward_data_depthwise_kernel(
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """Cg = 1: dx[m, c] = sum_{r, s, kk} DY[m, (r, s), c·Kg + kk] · w[c·Kg + kk, r, s]."""
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_m = offs_m < M
-    mask_c = offs_c < C
-    n, h, w = _decode_dx_pixels(offs_m, H, W)
+    offs_m, offs_c, mask_m, mask_c = program_block(M, C, BLOCK_M, BLOCK_C)
+    n, h, w = decode_field(offs_m, H, W)
     dy_img = n.to(tl.int64) * OH * OW * K
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
     for r in range(R):
-        oh, oh_ok = _tap_source(h, pad_h, r, dil_h, stride_h, OH)
+        oh, oh_ok = tap_source(h, pad_h, r, dil_h, stride_h, OH)
         row_ok = mask_m & oh_ok
         for s in range(S):
-            ow, ow_ok = _tap_source(w, pad_w, s, dil_w, stride_w, OW)
+            ow, ow_ok = tap_source(w, pad_w, s, dil_w, stride_w, OW)
             pix_ok = row_ok & ow_ok
             for kk in range(KG):
                 k = offs_c * KG + kk

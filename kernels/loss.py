@@ -23,6 +23,22 @@ SOFTMAX_CONFIGS = configs(
     triton.Config({}))
 
 
+@triton.jit
+def _row_max_and_sum(x_row, n_cols, BLOCK_N: tl.constexpr):
+    """max_k x[k] and sum_k exp(x[k] − max) of one contiguous row, in fp32."""
+    cols = tl.arange(0, BLOCK_N)
+    row_max = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
+    for c0 in range(0, n_cols, BLOCK_N):
+        x = tl.load(x_row + c0 + cols, mask=c0 + cols < n_cols, other=float("-inf"))
+        row_max = tl.maximum(row_max, x.to(tl.float32))
+    m = tl.max(row_max, axis=0)
+    total = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for c0 in range(0, n_cols, BLOCK_N):
+        x = tl.load(x_row + c0 + cols, mask=c0 + cols < n_cols, other=float("-inf"))
+        total += tl.exp(x.to(tl.float32) - m)
+    return m, tl.sum(total, axis=0)
+
+
 @triton.autotune(configs=SOFTMAX_CONFIGS, restore_value=["out_ptr"],
                  key=["n_cols", "BLOCK_N"])
 @triton.jit
@@ -31,18 +47,9 @@ def softmax_kernel(x_ptr, out_ptr, n_cols, stride_x, stride_out, BLOCK_N: tl.con
     x_row = x_ptr + row * stride_x
     out_row = out_ptr + row * stride_out
     cols = tl.arange(0, BLOCK_N)
-    # Pass 1: the row's max (subtracted before exp, so exp never overflows).
-    row_max = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
-    for c0 in range(0, n_cols, BLOCK_N):
-        x = tl.load(x_row + c0 + cols, mask=c0 + cols < n_cols, other=float("-inf"))
-        row_max = tl.maximum(row_max, x.to(tl.float32))
-    m = tl.max(row_max, axis=0)
-    # Pass 2: the normaliser.
-    total = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for c0 in range(0, n_cols, BLOCK_N):
-        x = tl.load(x_row + c0 + cols, mask=c0 + cols < n_cols, other=float("-inf"))
-        total += tl.exp(x.to(tl.float32) - m)
-    denominator = tl.sum(total, axis=0)
+    # Passes 1 and 2: the row's max (subtracted before exp, so exp never overflows), the
+    # normaliser.
+    m, denominator = _row_max_and_sum(x_row, n_cols, BLOCK_N)
     # Pass 3: write.
     for c0 in range(0, n_cols, BLOCK_N):
         mask = c0 + cols < n_cols
@@ -76,20 +83,6 @@ def softmax_backward_kernel(y_ptr, dy_ptr, out_ptr, n_cols, R1, R2, rs0, rs1, rs
         tl.store(out_ptr + offs, (y * (dy - dot)).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _row_max_and_sum(x_row, n_cols, BLOCK_N: tl.constexpr):
-    """max_k x[k] and sum_k exp(x[k] − max) of one contiguous row, in fp32."""
-    cols = tl.arange(0, BLOCK_N)
-    row_max = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
-    for c0 in range(0, n_cols, BLOCK_N):
-        x = tl.load(x_row + c0 + cols, mask=c0 + cols < n_cols, other=float("-inf"))
-        row_max = tl.maximum(row_max, x.to(tl.float32))
-    m = tl.max(row_max, axis=0)
-    total = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for c0 in range(0, n_cols, BLOCK_N):
-        x = tl.load(x_row + c0 + cols, mask=c0 + cols < n_cols, other=float("-inf"))
-        total += tl.exp(x.to(tl.float32) - m)
-    return m, tl.sum(total, axis=0)
 
 
 @triton.autotune(configs=ROW_CONFIGS, restore_value=["loss_ptr"], key=["n_cols", "BLOCK_N"])

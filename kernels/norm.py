@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from .common import LAUNCH_OPTIONS, check_no_overlap, check_tensor, configs
-from .reduce import SUM_GRAD, SUM_SQ_DEV, SUM_X, channel_reduce, per_channel_input
+from .reduce import channel_reduce, per_channel_input
 
 FLAT_CONFIGS = configs(
     [triton.Config({"BLOCK": 1024}, num_warps=4),

@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LAUNCH_OPTIONS, check_no_overlap, check_tensor, configs, decode_pixels, pair
+from .common import LAUNCH_OPTIONS, check_no_overlap, check_tensor, configs, decode_field, \
+    decode_pixels, pair, program_block, tap_source
 
 POOL_CONFIGS = configs(
     [triton.Config({"BLOCK_M": 32, "BLOCK_C": 64}, num_warps=4),
@@ -42,12 +43,7 @@ def pool2d_nhwc_kernel(
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
         IS_MAX: tl.constexpr, COUNT_INCLUDE_PAD: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_m = offs_m < M
-    mask_c = offs_c < C
+    offs_m, offs_c, mask_m, mask_c = program_block(M, C, BLOCK_M, BLOCK_C)
     ih0, iw0, x_pix = decode_pixels(offs_m, H, W, C, OH, OW, stride_h, stride_w, pad_h, pad_w)
 
     if IS_MAX:
@@ -173,12 +169,7 @@ def max_pool_argmax_kernel(x_ptr, arg_ptr, H, W, C, OH, OW, M, KH, KW,
                            BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """arg[n, oh, ow, c] = r·KW + s of the window's first maximum in scan order (strictly
     greater replaces; padding never wins; an all -inf window picks its first real tap)."""
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_m = offs_m < M
-    mask_c = offs_c < C
+    offs_m, offs_c, mask_m, mask_c = program_block(M, C, BLOCK_M, BLOCK_C)
     ih0, iw0, x_pix = decode_pixels(offs_m, H, W, C, OH, OW, stride_h, stride_w, pad_h, pad_w)
     best = tl.full((BLOCK_M, BLOCK_C), float("-inf"), dtype=tl.float32)
     arg = tl.full((BLOCK_M, BLOCK_C), -1, dtype=tl.int32)
@@ -198,15 +189,6 @@ def max_pool_argmax_kernel(x_ptr, arg_ptr, H, W, C, OH, OW, M, KH, KW,
              mask=mask_m[:, None] & mask_c[None, :])
 
 
-@triton.jit
-def _window_of(pos, pad, tap, dil, stride, OUT):
-    """The output row/column whose window reads `pos` through tap `tap`, and whether it exists."""
-    num = pos + pad - tap * dil
-    src = num // stride
-    ok = (num >= 0) & (num - src * stride == 0) & (src < OUT)
-    return src, ok
-
-
 @triton.autotune(configs=POOL_CONFIGS, restore_value=["dx_ptr"],
                  key=["M", "C", "KH", "KW", "stride_h", "stride_w", "IS_MAX"])
 @triton.jit
@@ -216,21 +198,15 @@ def pool_backward_kernel(dy_ptr, arg_ptr, dx_ptr, H, W, C, OH, OW, M, KH, KW,
                          BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """dx[n, h, w, c] = sum over the windows (oh, ow) that read (h, w) through tap (r, s) of
     dy[n, oh, ow, c] · [arg == r·KW + s] (max) or / count(oh, ow) (average)."""
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_m = offs_m < M
-    mask_c = offs_c < C
-    w = offs_m % W
-    h = (offs_m // W) % H
-    img = (offs_m // (W * H)).to(tl.int64) * OH * OW * C
+    offs_m, offs_c, mask_m, mask_c = program_block(M, C, BLOCK_M, BLOCK_C)
+    n, h, w = decode_field(offs_m, H, W)
+    img = n.to(tl.int64) * OH * OW * C
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
     for r in range(KH):
-        oh, oh_ok = _window_of(h, pad_h, r, dil_h, stride_h, OH)
+        oh, oh_ok = tap_source(h, pad_h, r, dil_h, stride_h, OH)
         row_ok = mask_m & oh_ok
         for s in range(KW):
-            ow, ow_ok = _window_of(w, pad_w, s, dil_w, stride_w, OW)
+            ow, ow_ok = tap_source(w, pad_w, s, dil_w, stride_w, OW)
             pix_ok = row_ok & ow_ok
             mask = pix_ok[:, None] & mask_c[None, :]
             offs = (img + (oh * OW + ow) * C)[:, None] + offs_c[None, :]

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LAUNCH_OPTIONS, configs
+from .common import LAUNCH_OPTIONS, configs, offset6
 
 FLAT_CONFIGS = configs(
     [triton.Config({"BLOCK": 1024}, num_warps=4)],
@@ -30,18 +30,7 @@ def dropout_mask_kernel(seed_ptr, out_ptr, numel, threshold, n0, n1, n2, n3, n4,
                         ls0, ls1, ls2, ls3, ls4, ls5, BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = i < numel
-    r = i
-    li = (r % n5) * ls5
-    r = r // n5
-    li += (r % n4) * ls4
-    r = r // n4
-    li += (r % n3) * ls3
-    r = r // n3
-    li += (r % n2) * ls2
-    r = r // n2
-    li += (r % n1) * ls1
-    r = r // n1
-    li += r * ls0
+    li = offset6(i, n0, n1, n2, n3, n4, n5, ls0, ls1, ls2, ls3, ls4, ls5)
     s = _mix32(tl.load(seed_ptr).to(tl.int64).to(tl.uint64) & 0xFFFFFFFF)
     h = _mix32((li.to(tl.uint64) & 0xFFFFFFFF) ^ s)
     tl.store(out_ptr + i, h >= threshold, mask=mask)

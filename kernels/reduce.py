@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import INTERPRET, LAUNCH_OPTIONS, check_no_overlap, check_tensor, configs
+from .common import INTERPRET, LAUNCH_OPTIONS, check_no_overlap, check_tensor, configs, offset6
 
 REDUCE_CONFIGS = configs(
     [triton.Config({"BLOCK_R": 64, "BLOCK_C": 64}, num_warps=4),
@@ -165,22 +165,6 @@ RED_AXES = 6
 KIND_SUM, KIND_MEAN, KIND_MAX = 0, 1, 2
 
 
-@triton.jit
-def _offset6(i, n0, n1, n2, n3, n4, n5, s0, s1, s2, s3, s4, s5):
-    """The offset of flat index i over dims (n0..n5) row-major, through strides (s0..s5)."""
-    off = (i % n5) * s5
-    r = i // n5
-    off += (r % n4) * s4
-    r = r // n4
-    off += (r % n3) * s3
-    r = r // n3
-    off += (r % n2) * s2
-    r = r // n2
-    off += (r % n1) * s1
-    r = r // n1
-    return off + r * s0
-
-
 @triton.autotune(configs=AXES_CONFIGS, restore_value=["out_ptr"], key=["n_out", "R", "KIND"])
 @triton.jit
 def reduce_axes_kernel(x_ptr, out_ptr, n_out, R, k0, k1, k2, k3, k4, k5, ks0, ks1, ks2, ks3,
@@ -188,7 +172,7 @@ def reduce_axes_kernel(x_ptr, out_ptr, n_out, R, k0, k1, k2, k3, k4, k5, ks0, ks
                        KIND: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr):
     o = tl.program_id(0).to(tl.int64) * BLOCK_O + tl.arange(0, BLOCK_O)
     mo = o < n_out
-    koff = _offset6(o, k0, k1, k2, k3, k4, k5, ks0, ks1, ks2, ks3, ks4, ks5)
+    koff = offset6(o, k0, k1, k2, k3, k4, k5, ks0, ks1, ks2, ks3, ks4, ks5)
     if KIND == 2:
         acc = tl.full((BLOCK_O, BLOCK_R), float("-inf"), dtype=tl.float32)
     else:
@@ -196,7 +180,7 @@ def reduce_axes_kernel(x_ptr, out_ptr, n_out, R, k0, k1, k2, k3, k4, k5, ks0, ks
     for start in range(0, R, BLOCK_R):
         r = start + tl.arange(0, BLOCK_R).to(tl.int64)
         mr = r < R
-        roff = _offset6(r, r0, r1, r2, r3, r4, r5, rs0, rs1, rs2, rs3, rs4, rs5)
+        roff = offset6(r, r0, r1, r2, r3, r4, r5, rs0, rs1, rs2, rs3, rs4, rs5)
         m = mo[:, None] & mr[None, :]
         v = tl.load(x_ptr + koff[:, None] + roff[None, :], mask=m,
                     other=float("-inf") if KIND == 2 else 0.0).to(tl.float32)

@@ -85,6 +85,25 @@ def test_bench_against_torch(backend, tmp_path, capsys):
     _check_bench_json(path, backend, compare=True)
 
 
+def test_bench_profile_table_and_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", *TINY, "--compare", "none", "--profile", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("op kind"):].splitlines()
+    assert table[0].split() == ["op", "kind", "sets", "ms", "share"]
+    assert any(line.startswith("conv2d ") for line in table)
+    assert any(line.startswith("outside the kernels") for line in table)
+    prof = json.loads(path.read_text())["profile"]
+    g = ig.models.resnet18(batch=1, image_size=32)
+    engine = ig.compile(g)
+    # every compute set of the program is timed once, under its op kind
+    assert prof["compute_sets"] == len(engine.program.compute_sets)
+    assert sum(k["compute_sets"] for k in prof["by_kind"].values()) == prof["compute_sets"]
+    assert sum(k["ms"] for k in prof["by_kind"].values()) == pytest.approx(prof["kernels_ms"])
+    assert prof["kernels_ms"] + prof["outside_ms"] == pytest.approx(prof["total_ms"])
+    assert 0 <= prof["outside_share"] < 1 and prof["prepare_ms"] >= 0
+
+
 def test_bench_without_torch_and_threads(tmp_path, capsys, monkeypatch):
     # --threads sets OMP_NUM_THREADS in this process; monkeypatch restores it afterwards
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))

@@ -2,6 +2,8 @@
 (tiny models and images so the suite stays quick; the figures come from bench/results/)."""
 import json
 
+import pytest
+
 import ipugraph.cli as cli
 
 
@@ -30,6 +32,13 @@ def test_bench_train_reports_the_ratio(tmp_path, capsys):
     data = json.loads(path.read_text())
     assert data["mode"] == "train" and data["ratio_ipugraph_over_torch"] > 0
     assert data["first_step_loss_rel_difference"] < 1e-3
+    # GFLOP/s counts the training graph's own MACs (forward + both backward passes), once
+    import ipugraph as ig
+    g = ig.models.resnet18(batch=2, image_size=32, num_classes=10, training=True)
+    ig.training.add_training(g, optimizer="sgd")
+    ours = data["results"]["ipugraph"]
+    assert ours["gflop_per_s"] == pytest.approx(2 * g.macs() / ours["median_ms"] / 1e6)
+    assert data["profile"] is None                      # (only with --profile)
 
 
 def test_training_graph_exports(tmp_path):

@@ -7,8 +7,6 @@ float64) and against torch autograd (cpu, triton). Tolerances: tests/opcheck.py.
 The tests iterate over the table, so a new primitive is tested by adding its entry."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch

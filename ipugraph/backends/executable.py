@@ -49,7 +49,7 @@ class Kernel:
 class Profile:
     """One run, timed: seconds per compute set (and its reduction) and outside the kernels."""
     kernels: list = field(default_factory=list)   # (name, op, phase, seconds)
-    prepare: float = 0.0                          # repacking static operands
+    prepare: float = 0.0                          # checking and repacking static operands
     feeds: float = 0.0
     outputs: float = 0.0
     updates: float = 0.0
@@ -67,10 +67,42 @@ class Profile:
 
     def by_kind(self) -> dict[str, float]:
         """Seconds per op kind (the compute set's op, 'pointwise' for a fused chain)."""
-        out: dict[str, float] = {}
+        return {op: sec for op, (_, sec) in self.kinds().items()}
+
+    def kinds(self) -> dict[str, tuple[int, float]]:
+        """(compute sets, seconds) per op kind, slowest first."""
+        out: dict[str, tuple[int, float]] = {}
         for _, op, _, sec in self.kernels:
-            out[op] = out.get(op, 0.0) + sec
-        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+            n, total = out.get(op, (0, 0.0))
+            out[op] = (n + 1, total + sec)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1][1]))
+
+    def to_dict(self) -> dict:
+        """The figures of a profile as plain numbers (milliseconds), for JSON."""
+        ms = 1e3
+        return {"total_ms": self.total * ms, "kernels_ms": self.kernel_seconds * ms,
+                "outside_ms": self.outside_seconds * ms,
+                "outside_share": self.outside_seconds / self.total if self.total else 0.0,
+                "prepare_ms": self.prepare * ms, "feeds_ms": self.feeds * ms,
+                "outputs_ms": self.outputs * ms, "updates_ms": self.updates * ms,
+                "compute_sets": len(self.kernels),
+                "by_kind": {op: {"compute_sets": n, "ms": sec * ms}
+                            for op, (n, sec) in self.kinds().items()}}
+
+    def table(self) -> str:
+        """Per op kind: compute sets, ms, share of the run; then what ran outside the kernels."""
+        head = f"{'op kind':<26} {'sets':>5} {'ms':>9} {'share':>7}"
+        lines = [head, "-" * len(head)]
+        for op, (n, sec) in self.kinds().items():
+            lines.append(f"{op:<26} {n:>5} {sec * 1e3:>9.1f} {sec / self.total:>7.1%}")
+        out = self.outside_seconds
+        lines.append(f"{'outside the kernels':<26} {'':>5} {out * 1e3:>9.1f} "
+                     f"{out / self.total:>7.1%}")
+        lines.append(f"  (checking and repacking changed weights {self.prepare * 1e3:.1f} ms, "
+                     f"feeds {self.feeds * 1e3:.1f}, outputs {self.outputs * 1e3:.1f}, variable "
+                     f"updates {self.updates * 1e3:.1f}; the rest is dispatch)")
+        lines.append(f"{'total':<26} {len(self.kernels):>5} {self.total * 1e3:>9.1f}")
+        return "\n".join(lines)
 
 
 def split_epilogue(prog: PointwiseProgram):

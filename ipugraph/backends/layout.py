@@ -30,6 +30,43 @@ def storage_strides(t) -> tuple[int, ...]:
     return tuple(strides)
 
 
+def logical_index_layout(t) -> tuple[list[int], list[int]]:
+    """t's storage walked in storage order: its shape, and per storage axis the step of the
+    element's LOGICAL (C-order) flat index, so a kernel that writes storage order can compute
+    what the reference computes at each logical index (dropout's counter-based bits)."""
+    logical, step = [0] * t.ndim, 1
+    for d in reversed(range(t.ndim)):
+        logical[d] = step
+        step *= t.shape[d]
+    shape = list(storage_shape(t)) or [1]
+    strides = [logical[p] for p in storage_perm(t)] or [0]
+    return shape, strides
+
+
+def around_axis(t, axis: int) -> tuple[int, int, int]:
+    """t's storage seen as [outer, n, inner] around logical `axis` (one storage axis)."""
+    sshape = storage_shape(t)
+    k = storage_perm(t).index(axis)
+    return (int(np.prod(sshape[:k], dtype=np.int64)), t.shape[axis],
+            int(np.prod(sshape[k + 1:], dtype=np.int64)))
+
+
+def reduce_layout(x, out, axes, keepdims: bool):
+    """A reduction of x over `axes` into out, over the backends' storage: for each output
+    element in out's storage order, its shape and the element strides in x of its kept axes
+    (0 where a kept size-1 axis was reduced), then the reduced axes' sizes and strides in x,
+    the most contiguous last."""
+    xs = storage_strides(x)
+    kept = [a for a in range(x.ndim) if a not in axes]
+    out_axis_to_x = list(range(x.ndim)) if keepdims else kept
+    perm = storage_perm(out)
+    kept_shape = [out.shape[p] for p in perm] or [1]
+    kept_strides = [0 if out_axis_to_x[p] in axes else xs[out_axis_to_x[p]]
+                    for p in perm] or [0]
+    red = sorted(axes, key=lambda a: -xs[a])
+    return kept_shape, kept_strides, [x.shape[a] for a in red], [xs[a] for a in red]
+
+
 def _permute(a, perm):
     return a.permute(*perm) if hasattr(a, "permute") else np.transpose(a, perm)
 

@@ -53,7 +53,7 @@ def _conv2d_infer(node, inputs, attrs):
 
 
 def _conv2d_cost(node) -> Cost:
-    x, w = node.inputs[0], node.inputs[1]
+    w = node.inputs[1]
     n, k, oh, ow = node.output.shape
     macs = n * k * oh * ow * w.shape[1] * w.shape[2] * w.shape[3]
     extra = n * k * oh * ow if len(node.inputs) > 2 else 0

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..graph import GraphError, Tensor
-from ..space import Dim, Region, Space, flat_region, full_region
+from ..space import Dim, Space, flat_region, full_region
 
 OPS: dict[str, "OpDef"] = {}
 

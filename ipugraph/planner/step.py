@@ -125,7 +125,6 @@ def evaluate(index: int, group: Group, space, part: Partition, repeats: int, tar
     table, rep, chunk_row = _repeat_table(part, repeats, batch)
     chunk_tiles = place(part.num_vertices, T)
     tiles = chunk_tiles[chunk_row]
-    V = len(table)
     slot = rep * T + tiles                               # (repeat, tile) of each vertex
     sizes = table[:, 1::2] - table[:, 0::2]
     work, in_b, w_b, out_b = (np.asarray(a, np.float64) for a in space.slice_cost(sizes))

@@ -13,7 +13,7 @@ import numpy as np
 
 from ...graph import GraphError
 from ...ops.shape import resample_table
-from ..layout import gather_layout, storage_perm, storage_shape, storage_strides
+from ..layout import around_axis, gather_layout, storage_perm, storage_strides
 from ..registry import lowering
 from .common import C, Context, Kernel, flat_table
 
@@ -103,10 +103,7 @@ def resample_cpu(ctx: Context, cs) -> Kernel:
     node = cs.anchor
     x_t, out_t = node.inputs[0], cs.output
     axis = node.attrs["axis"]
-    k = storage_perm(x_t).index(axis)
-    sshape = storage_shape(x_t)
-    outer = int(np.prod(sshape[:k], dtype=np.int64))
-    inner = int(np.prod(sshape[k + 1:], dtype=np.int64))
+    outer, _, inner = around_axis(x_t, axis)
     table = resample_table(node.attrs["kind"], node.attrs["params"])
     x = ctx.flat(x_t, "input", node)
     out = ctx.flat(out_t, "output", node)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ...ops.random import keep_threshold
-from ..layout import storage_perm, storage_shape
+from ..layout import logical_index_layout
 from ..registry import lowering
 from .common import Context, Kernel
 
@@ -13,12 +13,7 @@ def dropout_mask_triton(ctx: Context, cs) -> Kernel:
     out_t = cs.output
     seed = ctx.storage(node.inputs[0])
     out = ctx.storage(out_t).reshape(-1)
-    logical, step = [0] * out_t.ndim, 1
-    for d in reversed(range(out_t.ndim)):
-        logical[d] = step
-        step *= out_t.shape[d]
-    shape = list(storage_shape(out_t)) or [1]
-    strides = [logical[p] for p in storage_perm(out_t)] or [0]
+    shape, strides = logical_index_layout(out_t)
     threshold = keep_threshold(node.attrs["p"])
     kernel = ctx.kernels.random.dropout_mask
     return Kernel(node.name, lambda: kernel(out, shape, strides, seed, threshold))

@@ -2,7 +2,7 @@
 same storage-order view as the cpu backend's) and channel_sum."""
 from __future__ import annotations
 
-from ..layout import storage_perm, storage_strides
+from ..layout import reduce_layout
 from ..registry import lowering
 from .common import Context, Kernel
 
@@ -12,18 +12,10 @@ KINDS = {"sum": 0, "mean": 1, "amax": 2}
 def _reduce_triton(ctx: Context, cs) -> Kernel:
     node = cs.anchor
     x_t, out_t = node.inputs[0], cs.output
-    axes, keep = node.attrs["axes"], node.attrs["keepdims"]
-    xs = storage_strides(x_t)
-    kept = [a for a in range(x_t.ndim) if a not in axes]
-    out_axis_to_x = list(range(x_t.ndim)) if keep else kept
-    kept_shape = [out_t.shape[p] for p in storage_perm(out_t)]
-    kept_strides = [0 if out_axis_to_x[p] in axes else xs[out_axis_to_x[p]]
-                    for p in storage_perm(out_t)]
-    red = sorted(axes, key=lambda a: -xs[a])
+    layout = reduce_layout(x_t, out_t, node.attrs["axes"], node.attrs["keepdims"])
     x, out = ctx.storage(x_t).reshape(-1), ctx.storage(out_t).reshape(-1)
     kernel = ctx.kernels.reduce.reduce_axes
-    args = (x, out, kept_shape or [1], kept_strides or [0], [x_t.shape[a] for a in red],
-            [xs[a] for a in red], KINDS[node.op.name])
+    args = (x, out, *layout, KINDS[node.op.name])
     return Kernel(node.name, lambda: kernel(*args))
 
 

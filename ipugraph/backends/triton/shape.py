@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...ops.shape import resample_table
-from ..layout import gather_layout, storage_perm, storage_shape, to_logical
+from ..layout import around_axis, gather_layout, to_logical
 from ..registry import lowering
 from .common import Context, Kernel
 
@@ -59,10 +59,7 @@ def resample_triton(ctx: Context, cs) -> Kernel:
     node = cs.anchor
     x_t, out_t = node.inputs[0], cs.output
     axis = node.attrs["axis"]
-    k = storage_perm(x_t).index(axis)
-    sshape = storage_shape(x_t)
-    outer = int(np.prod(sshape[:k], dtype=np.int64))
-    inner = int(np.prod(sshape[k + 1:], dtype=np.int64))
+    outer, _, inner = around_axis(x_t, axis)
     table = resample_table(node.attrs["kind"], node.attrs["params"])
     torch = ctx.torch
     indptr = torch.from_numpy(table.indptr).to(ctx.device)
