@@ -8,13 +8,16 @@ per step, and the held-out accuracy reached.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import sys
 import time
 
 import numpy as np
 
 import ipugraph as ig
+from ipugraph.cli import cpu_model
 
 
 def main(argv=None) -> int:
@@ -43,7 +46,10 @@ def main(argv=None) -> int:
     for i in range(0, len(xt), B):
         z = eng.run({"x": xt[i:i + B], "labels": yt[i:i + B], "lr": np.float32(0)})["probe_logits"]
         correct += int((z.argmax(1) == yt[i:i + B]).sum())
-    result = {"steps": args.steps, "batch": B, "seconds_total": time.perf_counter() - t0,
+    command = " ".join(["python", "bench/bench_learn_shapes.py", *(argv or sys.argv[1:])])
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    result = {"command": command, "date": date, "cpu_model": cpu_model(), "steps": args.steps,
+              "batch": B, "seconds_total": time.perf_counter() - t0,
               "seconds_compile": t1 - t0, "seconds_per_step": (t2 - t1) / args.steps,
               "accuracy": correct / len(xt), "first_loss": losses[0], "last_loss": losses[-1],
               "load_average_before": load, "threads": ig._C.num_threads()}

@@ -74,7 +74,7 @@ def build_model(name: str, batch: int, size, seed: int = 0, target=None):
         raise UsageError(str(e)) from None
 
 
-def _size_text(size) -> str:
+def size_text(size) -> str:
     h, w = (size, size) if isinstance(size, int) else size
     return f"{h}x{w}"
 
@@ -153,10 +153,10 @@ def plan_model(args):
     from .target import Target
     target = Target.from_name(args.target)
     what = "training step" if getattr(args, "train", False) else "forward pass"
-    progress(f"building {args.model} {what} (batch {args.batch}, {_size_text(args.image_size)})")
+    progress(f"building {args.model} {what} (batch {args.batch}, {size_text(args.image_size)})")
     if getattr(args, "train", False):
-        from .cli_train import _training_graph
-        graph, _ = _training_graph(sys.modules[__name__], _train_defaults(args), target)
+        from .cli_train import training_graph
+        graph, _ = training_graph(sys.modules[__name__], _train_defaults(args), target)
     else:
         graph = build_model(args.model, args.batch, args.image_size, target=target)
     progress(f"planning {len(graph.nodes)} ops over {target.tiles} tiles of {target.name}")
@@ -171,7 +171,7 @@ def plan_model(args):
 
 def cmd_plan(args) -> int:
     graph, p = plan_model(args)
-    print(f"{args.model}: batch {args.batch}, {_size_text(args.image_size)}, "
+    print(f"{args.model}: batch {args.batch}, {size_text(args.image_size)}, "
           f"{graph.num_params():,} parameters, {graph.macs() / 1e9:.3f} GMAC per run")
     print(p.summary())
     if args.json:
@@ -228,7 +228,7 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _apply_threads(requested: int | None, backend: str) -> int:
+def apply_threads(requested: int | None, backend: str) -> int:
     """Fix the OpenMP thread count before ipugraph._C (and its OpenMP runtime) loads; returns
     the count the ipugraph kernels will actually use."""
     if requested is not None:
@@ -243,13 +243,13 @@ def _apply_threads(requested: int | None, backend: str) -> int:
     return requested or len(os.sched_getaffinity(0))
 
 
-def _figures(times: list[float], batch: int, macs: int) -> dict:
+def figures(times: list[float], batch: int, macs: int) -> dict:
     median = statistics.median(times)
     return {"median_ms": median * 1e3, "min_ms": min(times) * 1e3, "img_per_s": batch / median,
             "gflop_per_s": 2.0 * macs / median / 1e9, "times_ms": [t * 1e3 for t in times]}
 
 
-def _profile(engine, feeds: dict, runs: int):
+def profile_runs(engine, feeds: dict, runs: int):
     """The median-total profile of `runs` profiled runs (None where the backend has none)."""
     profiles = []
     for i in range(runs):
@@ -261,7 +261,7 @@ def _profile(engine, feeds: dict, runs: int):
     return sorted(profiles, key=lambda p: p.total)[len(profiles) // 2]
 
 
-def _print_profile(prof, runs: int) -> None:
+def print_profile(prof, runs: int) -> None:
     if prof is None:
         print("profile: this backend does not time its compute sets")
         return
@@ -297,7 +297,7 @@ def _torch_runners(torch, arch: str, graph, x: np.ndarray, device: str = "cpu") 
     return {"torch NCHW": run_nchw, "torch channels_last": run_cl}
 
 
-def _measure(runners: dict, warmup: int, iters: int) -> tuple[dict, float | None]:
+def measure(runners: dict, warmup: int, iters: int) -> tuple[dict, float | None]:
     """Seconds per call of every runner over `iters` rounds after `warmup` rounds, and the
     cores other processes kept busy meanwhile (None where /proc/stat is unreadable)."""
     machine0, own0, wall0 = machine_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
@@ -351,7 +351,7 @@ def cmd_bench(args) -> int:
     from .target import Target
 
     try:
-        threads = _apply_threads(args.threads, args.backend)
+        threads = apply_threads(args.threads, args.backend)
     except ImportError as e:              # ipugraph._C not built
         raise UsageError(f"backend '{args.backend}' is not available: {e}") from None
     torch = None
@@ -365,7 +365,7 @@ def cmd_bench(args) -> int:
 
     # a host plan has one tile per thread the kernels actually run on
     target = Target.host(threads) if args.target == "host" else Target.from_name(args.target)
-    size = _size_text(args.image_size)
+    size = size_text(args.image_size)
     progress(f"building {args.model} (batch {args.batch}, {size}, seed {args.seed})")
     graph = build_model(args.model, args.batch, args.image_size, seed=args.seed, target=target)
     macs = graph.macs()
@@ -389,9 +389,9 @@ def cmd_bench(args) -> int:
     agree = all(err <= AGREE_REL_ERROR for err in errors.values())
 
     load_start = os.getloadavg()
-    times, others = _measure(runners, args.warmup, args.iters)
+    times, others = measure(runners, args.warmup, args.iters)
     load_end = os.getloadavg()
-    results = {name: _figures(t, args.batch, macs) for name, t in times.items()}
+    results = {name: figures(t, args.batch, macs) for name, t in times.items()}
     peer = None
     if torch is not None:                 # torch in its faster layout is the peer
         peer = min(("torch NCHW", "torch channels_last"), key=lambda n: results[n]["median_ms"])
@@ -404,7 +404,7 @@ def cmd_bench(args) -> int:
     rows = [("ipugraph " + args.backend, results["ipugraph"])]
     if peer is not None:
         rows.append((peer, results[peer]))
-    print(_table(rows, results[peer] if peer else None))
+    print(table(rows, results[peer] if peer else None))
     if peer is not None:
         other = "torch NCHW" if peer == "torch channels_last" else "torch channels_last"
         print(f"torch {torch.__version__} eager under inference_mode; {peer.split()[1]} was "
@@ -416,9 +416,9 @@ def cmd_bench(args) -> int:
             + (" (BUSY: these times are inflated)" if busy else ""))
     print(f"medians of {args.iters} interleaved runs after {args.warmup} warm-up on {cores} "
           f"cores ({cpu_model()}); {load}")
-    prof = _profile(engine, {"x": x}, args.iters) if args.profile else None
+    prof = profile_runs(engine, {"x": x}, args.iters) if args.profile else None
     if args.profile:
-        _print_profile(prof, args.iters)
+        print_profile(prof, args.iters)
     if not agree:
         print(f"ERROR: ipugraph and torch disagree (max rel error {max(errors.values()):.2e} > "
               f"{AGREE_REL_ERROR}); the timings compare different computations", file=sys.stderr)
@@ -446,7 +446,7 @@ def cmd_bench(args) -> int:
     return 0 if agree else 1
 
 
-def _table(rows: list[tuple[str, dict]], peer: dict | None) -> str:
+def table(rows: list[tuple[str, dict]], peer: dict | None) -> str:
     head = f"{'runtime':<22} {'img/s':>9} {'median ms':>10} {'GFLOP/s':>9} {'vs torch':>9}"
     lines = [head, "-" * len(head)]
     for name, r in rows:

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 
-def _training_graph(cli, args, target, optimizer="sgd"):
+def training_graph(cli, args, target, optimizer="sgd"):
     from . import training
     from .models import MODELS
     try:
@@ -30,16 +30,16 @@ def cmd_train(cli, args) -> int:
     from .engine import compile as ig_compile
     from .planner import plan
     from .target import Target
-    threads = cli._apply_threads(args.threads, args.backend)
+    threads = cli.apply_threads(args.threads, args.backend)
     target = Target.host(threads) if args.target == "host" else Target.from_name(args.target)
-    size = cli._size_text(args.image_size)
+    size = cli.size_text(args.image_size)
     if not isinstance(args.image_size, int):
         raise cli.UsageError("train: --image-size must be one number (square images) for the "
                              "generated data set")
     side = args.image_size
     cli.progress(f"building {args.model} training step (batch {args.batch}, {size}, "
                  f"{args.classes} classes, {args.optimizer})")
-    g, _ = _training_graph(cli, args, target, args.optimizer)
+    g, _ = training_graph(cli, args, target, args.optimizer)
     cli.progress(f"planning {len(g.nodes)} ops for {target.name}, compiling on '{args.backend}'")
     t0 = time.perf_counter()
     engine = ig_compile(g, backend=args.backend, plan=plan(g, target))
@@ -74,15 +74,15 @@ def bench_train(cli, args) -> int:
     from .engine import compile as ig_compile
     from .planner import plan
     from .target import Target
-    threads = cli._apply_threads(args.threads, args.backend)
+    threads = cli.apply_threads(args.threads, args.backend)
     torch = None
     if args.compare == "torch":
         import torch
         torch.set_num_threads(threads)
     target = Target.host(threads) if args.target == "host" else Target.from_name(args.target)
-    size = cli._size_text(args.image_size)
+    size = cli.size_text(args.image_size)
     cli.progress(f"building the {args.model} training step (batch {args.batch}, {size})")
-    g, _ = _training_graph(cli, args, target)
+    g, _ = training_graph(cli, args, target)
     macs = g.macs()
     rng = np.random.default_rng(args.seed)
     x = rng.standard_normal(g.inputs["x"].shape, np.float32)
@@ -118,9 +118,9 @@ def bench_train(cli, args) -> int:
             first["torch channels_last"])
         cli.progress(f"first-step loss: ipugraph {first['ipugraph']:.6f}, torch "
                      f"{first['torch channels_last']:.6f} (rel. difference {error:.1e})")
-    times, others = cli._measure(runners, args.warmup, args.iters)
+    times, others = cli.measure(runners, args.warmup, args.iters)
     # the training graph's macs() already counts forward, backward-data and backward-weight
-    results = {name: cli._figures(t, args.batch, macs) for name, t in times.items()}
+    results = {name: cli.figures(t, args.batch, macs) for name, t in times.items()}
     peer = "torch channels_last" if torch is not None else None
     ratio = results["ipugraph"]["img_per_s"] / results[peer]["img_per_s"] if peer else None
     print(f"{args.model} training step (forward, cross-entropy, backward, SGD momentum "
@@ -129,7 +129,7 @@ def bench_train(cli, args) -> int:
     rows = [("ipugraph " + args.backend, results["ipugraph"])]
     if peer:
         rows.append((peer, results[peer]))
-    print(cli._table(rows, results[peer] if peer else None))
+    print(cli.table(rows, results[peer] if peer else None))
     if peer:
         print(f"ipugraph/torch training-step throughput: {ratio:.2f}x; first-step loss rel. "
               f"difference {error:.1e}")
@@ -138,9 +138,9 @@ def bench_train(cli, args) -> int:
           f"{len(os.sched_getaffinity(0))} cores ({cli.cpu_model()})"
           + (f"; other processes used {others:.2f} cores (BUSY)" if busy else ""))
     feeds = {"x": x, "labels": y, "lr": lr}
-    prof = cli._profile(engine, feeds, args.iters) if args.profile else None
+    prof = cli.profile_runs(engine, feeds, args.iters) if args.profile else None
     if args.profile:
-        cli._print_profile(prof, args.iters)
+        cli.print_profile(prof, args.iters)
     if args.json:
         cli.write_json(args.json, {
             "command": args.command_line,
