@@ -115,13 +115,20 @@ inline py::ssize_t check_flat_vertices(const IArr& v, py::ssize_t n, const char*
   return V;
 }
 
-// The one vertex loop of the flat codelets: body(i0, i1, thread) for every (start, end) row of a
-// checked flat vertex table, in parallel, without the GIL (nothing in body may throw).
+// The one vertex loop: body(row, thread) for every row of a checked [V, cols] vertex table, in
+// parallel (dynamic: vertices differ in cost), without the GIL (nothing in body may throw).
 template <class Body>
-void for_each_range(const int32_t* vt, py::ssize_t V, Body&& body) {
+void for_each_vertex(const int32_t* vt, py::ssize_t V, int64_t cols, Body&& body) {
   py::gil_scoped_release nogil;
 #pragma omp parallel for schedule(dynamic, 1)
-  for (py::ssize_t v = 0; v < V; ++v) body(int64_t(vt[2 * v]), int64_t(vt[2 * v + 1]), thread_id());
+  for (py::ssize_t v = 0; v < V; ++v) body(vt + cols * v, thread_id());
+}
+
+// The same over a flat table of (start, end) ranges: body(i0, i1, thread).
+template <class Body>
+void for_each_range(const int32_t* vt, py::ssize_t V, Body&& body) {
+  for_each_vertex(vt, V, 2,
+                  [&](const int32_t* row, int t) { body(int64_t(row[0]), int64_t(row[1]), t); });
 }
 
 inline void check_same_size(const char* fn, const py::array& a, const char* an,

@@ -337,15 +337,10 @@ void conv2d_nhwc(const FArr& x, const FArr& wp, std::optional<FArr> bias,
   const int32_t* vt = vertices.data();
   const int64_t per = epilogue ? epilogue->scratch_floats() : 0;
   std::vector<float> epi_scratch(size_t(per) * size_t(max_threads()));
-  {
-    py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (py::ssize_t v = 0; v < V; ++v) {
-      const int t = thread_id();
-      conv_vertex(g, mode, xp, wpp, bp, rp, o, vt + 8 * v, full, buf.zeros.data(), relu,
-                  buf.scratch[t], epilogue, epi_scratch.data() + per * t);
-    }
-  }
+  for_each_vertex(vt, V, 8, [&](const int32_t* row, int t) {
+    conv_vertex(g, mode, xp, wpp, bp, rp, o, row, full, buf.zeros.data(), relu, buf.scratch[t],
+                epilogue, epi_scratch.data() + per * t);
+  });
 }
 
 // Vertex rows (n0,n1,k0,k1,oh0,oh1,ow0,ow1,c0,c1,r0,r1,slab): partials[slab] over the box =
@@ -380,16 +375,11 @@ void conv2d_nhwc_partial(const FArr& x, const FArr& wp, py::array partials, cons
   const float* xp = x.data();
   const float* wpp = wp.data();
   const int64_t slab = g.N * g.OH * g.OW * g.K;
-  {
-    py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (py::ssize_t v = 0; v < V; ++v) {
-      const int32_t* row = vt + kCols * v;
-      const RedRange red{row[8], row[9], row[10], row[11]};
-      conv_vertex(g, mode, xp, wpp, nullptr, nullptr, o + row[12] * slab, row, red,
-                  buf.zeros.data(), false, buf.scratch[thread_id()]);
-    }
-  }
+  for_each_vertex(vt, V, kCols, [&](const int32_t* row, int t) {
+    const RedRange red{row[8], row[9], row[10], row[11]};
+    conv_vertex(g, mode, xp, wpp, nullptr, nullptr, o + row[12] * slab, row, red,
+                buf.zeros.data(), false, buf.scratch[t]);
+  });
 }
 
 }  // namespace

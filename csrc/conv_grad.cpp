@@ -248,13 +248,10 @@ void run_data(const DGeom& g, const FArr& dy, const FArr& wp, float* o, int64_t 
   const float* dyp = dy.data();
   const float* wpp = wp.data();
   const int32_t* vt = vertices.data();
-  py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (py::ssize_t v = 0; v < V; ++v) {
-    const int32_t* row = vt + cols * v;
+  for_each_vertex(vt, V, cols, [&](const int32_t* row, int t) {
     float* dst = o + (cols == 11 ? row[10] * slab_size : 0);
-    data_vertex(g, dyp, wpp, dst, row, row[8], row[9], zeros.data(), scratch[thread_id()]);
-  }
+    data_vertex(g, dyp, wpp, dst, row, row[8], row[9], zeros.data(), scratch[t]);
+  });
 }
 
 void conv2d_backward_data_nhwc(const FArr& dy, const FArr& wp, py::array out,
@@ -615,13 +612,10 @@ void run_weight(const WGeom& g, const FArr& x, const FArr& dy, float* o, int64_t
   const float* xp = x.data();
   const float* dyp = dy.data();
   const int32_t* vt = vertices.data();
-  py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (py::ssize_t v = 0; v < V; ++v) {
-    const int32_t* row = vt + cols * v;
+  for_each_vertex(vt, V, cols, [&](const int32_t* row, int t) {
     float* dst = o + (cols == 11 ? row[10] * slab_size : 0);
-    weight_vertex(g, ch, xp, dyp, dst, row, scratch[thread_id()]);
-  }
+    weight_vertex(g, ch, xp, dyp, dst, row, scratch[t]);
+  });
 }
 
 void conv2d_backward_weight_nhwc(const FArr& x, const FArr& dy, py::array out,

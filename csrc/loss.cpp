@@ -91,11 +91,8 @@ void softmax_rows(const FArr& x, py::array out, const IArr& vertices) {
   const py::ssize_t V = check_vertices(vertices, 2, fn);
   check_range_cols(vertices, 0, M, fn, "row (row0, row1)");
   const float* xp = x.data();
-  const int32_t* vt = vertices.data();
-  py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (py::ssize_t v = 0; v < V; ++v)
-    for (int64_t m = vt[2 * v]; m < vt[2 * v + 1]; ++m) {
+  for_each_range(vertices.data(), V, [&](int64_t m0, int64_t m1, int) {
+    for (int64_t m = m0; m < m1; ++m) {
       const float* xr = xp + m * N;
       float* orow = o + m * N;
       float mx = -std::numeric_limits<float>::infinity();
@@ -110,6 +107,7 @@ void softmax_rows(const FArr& x, py::array out, const IArr& vertices) {
       const float inv = float(1.0 / sum);
       for (int64_t j = 0; j < N; ++j) orow[j] *= inv;
     }
+  });
 }
 
 // out[m] = y[m] * (dy[m] - sum_j dy[m, j] * y[m, j]) for rows m of [M, N]; the dot in double.
@@ -124,11 +122,8 @@ void softmax_backward_rows(const FArr& y, const FArr& dy, py::array out, const I
   check_range_cols(vertices, 0, M, fn, "row (row0, row1)");
   const float* yp = y.data();
   const float* gp = dy.data();
-  const int32_t* vt = vertices.data();
-  py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (py::ssize_t v = 0; v < V; ++v)
-    for (int64_t m = vt[2 * v]; m < vt[2 * v + 1]; ++m) {
+  for_each_range(vertices.data(), V, [&](int64_t m0, int64_t m1, int) {
+    for (int64_t m = m0; m < m1; ++m) {
       const float* yr = yp + m * N;
       const float* gr = gp + m * N;
       float* orow = o + m * N;
@@ -139,6 +134,7 @@ void softmax_backward_rows(const FArr& y, const FArr& dy, py::array out, const I
 #pragma omp simd
       for (int64_t j = 0; j < N; ++j) orow[j] = yr[j] * (gr[j] - d);
     }
+  });
 }
 
 // out[()] = mean_n (logsumexp(logits[n]) - logits[n, labels[n]]), stable: per row
@@ -199,21 +195,17 @@ void cross_entropy_backward(const FArr& logits, const py::array& labels, const F
   }
   const float* xp = logits.data();
   const int64_t* lp = lab.data();
-  const int32_t* vt = vertices.data();
   const double scale = N > 0 ? double(g) / double(N) : 0.0;
-  py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (py::ssize_t v = 0; v < V; ++v)
-    for (int64_t n = vt[2 * v]; n < vt[2 * v + 1]; ++n) {
+  for_each_range(vertices.data(), V, [&](int64_t n0, int64_t n1, int) {
+    for (int64_t n = n0; n < n1; ++n) {
       const float* xr = xp + n * K;
       float* orow = o + n * K;
       const RowStats st = row_max_sum(xr, K);
-      const float mx = st.max;
-      const double sum = st.sum;
-      const float s = float(scale / sum);  // softmax * dloss / N = exp(x - max) * s
-      exp_scaled(xr, K, mx, s, orow);
+      const float s = float(scale / st.sum);  // softmax * dloss / N = exp(x - max) * s
+      exp_scaled(xr, K, st.max, s, orow);
       orow[lp[n]] -= float(scale);
     }
+  });
 }
 
 }  // namespace

@@ -129,13 +129,10 @@ void matmul(const FArr& a, const FArr& bp, int64_t N, std::optional<FArr> bias, 
   const int32_t* vt = vertices.data();
   const int64_t per = epilogue ? epilogue->scratch_floats() : 0;
   std::vector<float> epi_scratch(size_t(per) * size_t(max_threads()));
-  {
-    py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (py::ssize_t v = 0; v < V; ++v)
-      matmul_vertex(ap, bpp, biasp, o, K, N, vt + 4 * v, 0, K, relu, epilogue,
-                    epi_scratch.data() + per * thread_id());
-  }
+  for_each_vertex(vt, V, 4, [&](const int32_t* row, int t) {
+    matmul_vertex(ap, bpp, biasp, o, K, N, row, 0, K, relu, epilogue,
+                  epi_scratch.data() + per * t);
+  });
 }
 
 // Vertex rows (m0, m1, n0, n1, k0, k1, slab): partials[slab, m0:m1, n0:n1] =
@@ -163,14 +160,9 @@ void matmul_partial(const FArr& a, const FArr& bp, int64_t N, py::array partials
   const float* bpp = bp.data();
   const int32_t* vt = vertices.data();
   const int64_t slab = M * N;
-  {
-    py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (py::ssize_t v = 0; v < V; ++v) {
-      const int32_t* row = vt + kCols * v;
-      matmul_vertex(ap, bpp, nullptr, o + row[6] * slab, K, N, row, row[4], row[5], false);
-    }
-  }
+  for_each_vertex(vt, V, kCols, [&](const int32_t* row, int) {
+    matmul_vertex(ap, bpp, nullptr, o + row[6] * slab, K, N, row, row[4], row[5], false);
+  });
 }
 
 }  // namespace

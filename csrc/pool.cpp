@@ -103,9 +103,9 @@ void max_pool2d_nhwc(const FArr& x, py::array out, const IArr& vertices, int64_t
   const py::ssize_t V = vertices.shape(0);
   const float* xp = x.data();
   const int32_t* vt = vertices.data();
-  py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (py::ssize_t v = 0; v < V; ++v) pool_vertex<true>(g, xp, o, vt + 6 * v, false);
+  for_each_vertex(vt, V, 6, [&](const int32_t* row, int) {
+    pool_vertex<true>(g, xp, o, row, false);
+  });
 }
 
 void avg_pool2d_nhwc(const FArr& x, py::array out, const IArr& vertices, int64_t kh, int64_t kw,
@@ -116,9 +116,9 @@ void avg_pool2d_nhwc(const FArr& x, py::array out, const IArr& vertices, int64_t
   const py::ssize_t V = vertices.shape(0);
   const float* xp = x.data();
   const int32_t* vt = vertices.data();
-  py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (py::ssize_t v = 0; v < V; ++v) pool_vertex<false>(g, xp, o, vt + 6 * v, count_include_pad);
+  for_each_vertex(vt, V, 6, [&](const int32_t* row, int) {
+    pool_vertex<false>(g, xp, o, row, count_include_pad);
+  });
 }
 
 // Mean over H*W, accumulated in double (H*W can be large), channels vectorised.
@@ -136,10 +136,7 @@ void global_avg_pool_nhwc(const FArr& x, py::array out, const IArr& vertices) {
   check_range_cols(vertices, 2, C, fn, "channel (c0, c1)");
   const float* xp = x.data();
   const int32_t* vt = vertices.data();
-  py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (py::ssize_t v = 0; v < V; ++v) {
-    const int32_t* vx = vt + 4 * v;
+  for_each_vertex(vt, V, 4, [&](const int32_t* vx, int) {
     alignas(64) double acc[kCB];
     const double inv = HW > 0 ? 1.0 / double(HW) : 0.0;
     for (int64_t n = vx[0]; n < vx[1]; ++n)
@@ -151,7 +148,7 @@ void global_avg_pool_nhwc(const FArr& x, py::array out, const IArr& vertices) {
           for (int64_t c = 0; c < nc; ++c) acc[c] += double(base[i * C + c]);
         for (int64_t c = 0; c < nc; ++c) o[n * C + cb + c] = float(acc[c] * inv);
       }
-  }
+  });
 }
 
 using chan::check_no_overlap;
@@ -294,9 +291,9 @@ void max_pool2d_backward_nhwc(const FArr& x, const FArr& dy, py::array out, cons
   const float* xp = x.data();
   const float* dyp = dy.data();
   const int32_t* vt = vertices.data();
-  py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (py::ssize_t v = 0; v < V; ++v) max_pool_bwd_vertex(g, xp, dyp, o, vt + 6 * v);
+  for_each_vertex(vt, V, 6, [&](const int32_t* row, int) {
+    max_pool_bwd_vertex(g, xp, dyp, o, row);
+  });
 }
 
 // Avg-pool backward as a gather: dx[n, ih, iw, c] = sum over the windows (oh, ow) containing
@@ -328,10 +325,7 @@ void avg_pool2d_backward_nhwc(const FArr& dy, py::array out, const IArr& vertice
   const int32_t* vt = vertices.data();
   const float* rp = rinv.data();
   const float* cp = cinv.data();
-  py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (py::ssize_t v = 0; v < V; ++v) {
-    const int32_t* vx = vt + 6 * v;
+  for_each_vertex(vt, V, 6, [&](const int32_t* vx, int) {
     const int64_t C = g.C;
     alignas(64) float acc[kCB];
     for (int64_t n = vx[0]; n < vx[1]; ++n)
@@ -357,7 +351,7 @@ void avg_pool2d_backward_nhwc(const FArr& dy, py::array out, const IArr& vertice
           }
         }
       }
-  }
+  });
 }
 
 

@@ -132,13 +132,10 @@ void reduce_partials(const FArr& partials, std::optional<FArr> bias,
   const int32_t* vt = vertices.data();
   const int64_t per = epilogue ? epilogue->scratch_floats() : 0;
   std::vector<float> scratch(size_t(per) * size_t(max_threads()));
-  py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (py::ssize_t v = 0; v < V; ++v) {
-    const int32_t* row = vt + 8 * v;
+  for_each_vertex(vt, V, 8, [&](const int32_t* row, int t) {
     const int64_t k0 = row[2], len = row[3] - row[2];
-    if (len <= 0) continue;
-    EpilogueRuns epi(epilogue, scratch.data() + per * thread_id());
+    if (len <= 0) return;
+    EpilogueRuns epi(epilogue, scratch.data() + per * t);
     for (int64_t n = row[0]; n < row[1]; ++n)
       for (int64_t oh = row[4]; oh < row[5]; ++oh)
         for (int64_t ow = row[6]; ow < row[7]; ++ow) {
@@ -146,7 +143,7 @@ void reduce_partials(const FArr& partials, std::optional<FArr> bias,
           run(pp + i, slab, P, bp ? bp + k0 : nullptr, rp ? rp + i : nullptr, o + i, len);
           epi.add(i, i + len);
         }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

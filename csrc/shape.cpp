@@ -30,12 +30,8 @@ void transpose2d(const FArr& a, py::array out, const IArr& vertices) {
   }
   const py::ssize_t V = check_vertices(vertices, 2, fn);
   check_range_cols(vertices, 0, N, fn, "output row (i0, i1)");
-  const int32_t* vt = vertices.data();
   constexpr int64_t B = 32;
-  py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (py::ssize_t v = 0; v < V; ++v) {
-    const int64_t i0 = vt[2 * v], i1 = vt[2 * v + 1];
+  for_each_range(vertices.data(), V, [&](int64_t i0, int64_t i1, int) {
     for (int64_t ib = i0; ib < i1; ib += B) {
       const int64_t ie = std::min(ib + B, i1);
       for (int64_t jb = 0; jb < M; jb += B) {
@@ -48,7 +44,7 @@ void transpose2d(const FArr& a, py::array out, const IArr& vertices) {
         }
       }
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
