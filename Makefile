@@ -42,7 +42,7 @@ test: $(EXT) sysdeps
 
 bench: $(EXT)
 	$(VENV)/bin/ipugraph bench resnet34 --backend cpu --batch $(BATCH) --image-size 224 \
-	    --compare torch --profile --json bench/results/resnet34_cpu_b$(BATCH).json
+	    --compare all --profile --json bench/results/resnet34_cpu_b$(BATCH).json
 	@if $(PY) -c "import ipugraph.viz as v, sys; sys.exit(0 if hasattr(v, 'dump') else 1)" 2>/dev/null; then \
 	    $(VENV)/bin/ipugraph dump resnet34 --target ipu-mk2 --batch 1 --out out/resnet34-mk2; \
 	else echo "(tile-placement pictures: ipugraph.viz.dump not available yet)"; fi

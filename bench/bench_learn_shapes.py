@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 import ipugraph as ig
-from ipugraph.cli import cpu_model
+from ipugraph.benchmark import cpu_model
 
 
 def main(argv=None) -> int:

@@ -41,7 +41,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))  # run from a checkout without installing
 import ipugraph as ig  # noqa: E402
-from ipugraph.cli import cpu_model, machine_cpu_seconds, own_cpu_seconds  # noqa: E402
+from ipugraph.benchmark import cpu_model, machine_cpu_seconds, own_cpu_seconds  # noqa: E402
 from ipugraph.ops.pointwise import PRIMITIVES  # noqa: E402
 
 SHAPE = (4096, 4096)                     # 16 M elements, 64 MiB per tensor

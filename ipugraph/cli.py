@@ -1,13 +1,14 @@
 """The `ipugraph` command line (also `python -m ipugraph`).
 
-  ipugraph bench resnet34 --backend cpu --batch 8 --image-size 224 --compare torch
+  ipugraph bench resnet34 --backend cpu --batch 8 --image-size 224 --compare all
   ipugraph plan resnet34 --target ipu-mk2 --batch 1 [--json plan.json]
   ipugraph dump resnet34 --target ipu-mk2 --batch 1 --out out/resnet34-mk2 [--frames]
   ipugraph info
 
-`bench` times ipugraph and PyTorch on the same network, weights, input and threads in one
-process, interleaved round by round so that a change in machine load hits both alike, and
-reports medians. Progress goes to stderr, results to stdout (and --json).
+`bench` times ipugraph and its peers (torch, ONNX Runtime, OpenVINO) on the same network,
+weights, input and threads in one process, each runtime in its own timed block, and reports the
+best round's median (ipugraph/benchmark.py). Progress goes to stderr, results to stdout (and
+--json).
 """
 from __future__ import annotations
 
@@ -16,15 +17,15 @@ import datetime
 import json
 import os
 import platform
-import resource
 import shlex
-import statistics
 import sys
 import time
 
 import numpy as np
 
 from .backends import NAMES as BACKEND_NAMES
+from .benchmark import (BUSY_CORES, cpu_model, figures, measure, parse_compare, peer_runners,
+                        print_profile, profile_runs, progress, rel_error, require, table)
 from .models import MODELS
 
 TARGET_NAMES = ("host", "ipu-mk1", "ipu-mk2")
@@ -32,10 +33,6 @@ MODEL_NAMES = tuple(MODELS)
 # Above this max|a-b|/max|b| the two runtimes are not computing the same function, and their
 # timings are not comparable (fp32 runtimes agree to ~1e-6 on ResNets).
 AGREE_REL_ERROR = 1e-3
-
-
-def progress(message: str) -> None:
-    print(f"[ipugraph] {message}", file=sys.stderr, flush=True)
 
 
 def image_size(text: str):
@@ -200,34 +197,6 @@ def cmd_dump(args) -> int:
 
 # -- bench ------------------------------------------------------------------------------------
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_cpu_seconds() -> float | None:
-    """Busy CPU-seconds of the whole machine since boot, from /proc/stat (None if unreadable)."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:9]]   # user .. steal
-    except (OSError, ValueError):
-        return None
-    idle = ticks[3] + ticks[4]                                    # idle + iowait
-    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    """CPU-seconds used by this process, all its threads (OpenMP's and torch's) included."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def apply_threads(requested: int | None, backend: str) -> int:
     """Fix the OpenMP thread count before ipugraph._C (and its OpenMP runtime) loads; returns
     the count the ipugraph kernels will actually use."""
@@ -241,88 +210,6 @@ def apply_threads(requested: int | None, backend: str) -> int:
                      f"with {actual} OpenMP threads in this process")
         return actual
     return requested or len(os.sched_getaffinity(0))
-
-
-def figures(times: list[float], batch: int, macs: int) -> dict:
-    median = statistics.median(times)
-    return {"median_ms": median * 1e3, "min_ms": min(times) * 1e3, "img_per_s": batch / median,
-            "gflop_per_s": 2.0 * macs / median / 1e9, "times_ms": [t * 1e3 for t in times]}
-
-
-def profile_runs(engine, feeds: dict, runs: int):
-    """The median-total profile of `runs` profiled runs (None where the backend has none)."""
-    profiles = []
-    for i in range(runs):
-        progress(f"profiled run {i + 1}/{runs}")
-        engine.run(feeds, profile=True)
-        if engine.last_profile is None:
-            return None
-        profiles.append(engine.last_profile)
-    return sorted(profiles, key=lambda p: p.total)[len(profiles) // 2]
-
-
-def print_profile(prof, runs: int) -> None:
-    if prof is None:
-        print("profile: this backend does not time its compute sets")
-        return
-    print(f"\nprofile of one ipugraph run (the median of {runs} profiled runs; each compute set "
-          "synchronised and timed)")
-    print(prof.table())
-
-
-def _rel_error(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
-
-
-def _torch_runners(torch, arch: str, graph, x: np.ndarray, device: str = "cpu") -> dict:
-    """The same network and weights in torch, NCHW and channels_last (whichever is faster on
-    this machine becomes the peer). Each timed call includes the runtime's own input layout
-    change, as ipugraph's cpu backend converts NCHW to NHWC inside Engine.run. On a GPU (the
-    triton backend) each call also includes the input's upload and the logits' download, as
-    Engine.run does."""
-    from .interop import torch_resnet
-    model = torch_resnet.from_graph(arch, graph).to(device)
-    model_cl = torch_resnet.from_graph(arch, graph).to(device,
-                                                        memory_format=torch.channels_last)
-    tx = torch.from_numpy(x)
-
-    def run_nchw():
-        with torch.inference_mode():
-            return model(tx.to(device)).cpu()
-
-    def run_cl():
-        with torch.inference_mode():
-            return model_cl(tx.to(device).contiguous(memory_format=torch.channels_last)).cpu()
-
-    return {"torch NCHW": run_nchw, "torch channels_last": run_cl}
-
-
-def measure(runners: dict, warmup: int, iters: int) -> tuple[dict, float | None]:
-    """Seconds per call of every runner over `iters` rounds after `warmup` rounds, and the
-    cores other processes kept busy meanwhile (None where /proc/stat is unreadable)."""
-    machine0, own0, wall0 = machine_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for i in range(warmup):
-        progress(f"warm-up {i + 1}/{warmup}")
-        for fn in runners.values():
-            fn()
-    for i in range(iters):
-        # one call of each runtime per round, in turn: a change of machine load during the
-        # benchmark is shared by all of them instead of landing on whichever ran last
-        for name, fn in runners.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-        progress(f"run {i + 1}/{iters}: " + ", ".join(
-            f"{name} {t[-1] * 1e3:.1f} ms" for name, t in times.items()))
-    # The machine's busy CPU time minus our own: one core busy with another job stalls every
-    # OpenMP barrier of a 2-thread run and inflates both runtimes' times.
-    others = None
-    machine1 = machine_cpu_seconds()
-    if machine0 is not None and machine1 is not None:
-        others = max(0.0, (machine1 - machine0) - (own_cpu_seconds() - own0)) \
-            / (time.perf_counter() - wall0)
-    return times, others
 
 
 def _train_defaults(args):
@@ -342,9 +229,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    try:
+        peers = parse_compare(args.compare)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.train:
         from .cli_train import bench_train
-        return bench_train(sys.modules[__name__], args)
+        return bench_train(sys.modules[__name__], args, peers)
     from . import __version__
     from .engine import compile as ig_compile
     from .planner import plan
@@ -354,14 +245,11 @@ def cmd_bench(args) -> int:
         threads = apply_threads(args.threads, args.backend)
     except ImportError as e:              # ipugraph._C not built
         raise UsageError(f"backend '{args.backend}' is not available: {e}") from None
-    torch = None
-    if args.compare == "torch":
-        try:
-            import torch
-        except ImportError:
-            raise UsageError("--compare torch needs PyTorch installed (pip install torch), "
-                             "or use --compare none") from None
-        torch.set_num_threads(threads)
+    try:
+        for p in peers:
+            require(p)
+    except ImportError as e:
+        raise UsageError(str(e)) from None
 
     # a host plan has one tile per thread the kernels actually run on
     target = Target.host(threads) if args.target == "host" else Target.from_name(args.target)
@@ -375,52 +263,65 @@ def cmd_bench(args) -> int:
     except RuntimeError as e:             # a backend that is not built / not installed
         raise UsageError(str(e)) from None
     x = np.random.default_rng(args.seed).standard_normal(graph.inputs["x"].shape, np.float32)
-    runners = {"ipugraph": lambda: engine.run({"x": x})}
-    if torch is not None:
-        progress("building the same network in torch with the same weights")
+    runners = {"ipugraph": lambda: engine.run({"x": x})["logits"]}
+    versions = {}
+    if peers:
+        progress(f"building the same network with the same weights in {', '.join(peers)}")
+        import torch
         device = "cuda" if args.backend == "triton" and torch.cuda.is_available() else "cpu"
-        runners.update(_torch_runners(torch, args.model, graph, x, device))
+        try:
+            more, versions = peer_runners(peers, args.model, graph, x, threads, device)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        runners.update(more)
 
-    ours = engine.run({"x": x})["logits"]
-    errors = {name: _rel_error(ours, np.asarray(fn()))
-              for name, fn in runners.items() if name != "ipugraph"}
+    outputs = {name: np.asarray(fn()) for name, fn in runners.items()}
+    # every runtime against torch's NCHW logits (the reference), else against ipugraph's
+    ref_name = "torch NCHW" if "torch NCHW" in outputs else "ipugraph"
+    errors = {name: rel_error(out, outputs[ref_name])
+              for name, out in outputs.items() if name != ref_name}
     for name, err in errors.items():
-        progress(f"max rel error ipugraph vs {name}: {err:.2e}")
+        progress(f"max rel error {name} vs {ref_name}: {err:.2e}")
     agree = all(err <= AGREE_REL_ERROR for err in errors.values())
 
     load_start = os.getloadavg()
-    times, others = measure(runners, args.warmup, args.iters)
+    measured = measure(runners, args.warmup, args.iters, args.rounds)
     load_end = os.getloadavg()
-    results = {name: figures(t, args.batch, macs) for name, t in times.items()}
-    peer = None
-    if torch is not None:                 # torch in its faster layout is the peer
-        peer = min(("torch NCHW", "torch channels_last"), key=lambda n: results[n]["median_ms"])
-    ratio = results["ipugraph"]["img_per_s"] / results[peer]["img_per_s"] if peer else None
+    results = {name: figures(rec["best"], args.batch, macs, rec) for name, rec in measured.items()}
+    peer_names = [n for n in results if n != "ipugraph"]
+    fastest = min(peer_names, key=lambda n: results[n]["median_ms"]) if peer_names else None
+    torch_peer = None
+    if "torch NCHW" in results:           # torch in its faster layout
+        torch_peer = min(("torch NCHW", "torch channels_last"),
+                         key=lambda n: results[n]["median_ms"])
+    ours = results["ipugraph"]
+
+    def ratio(name):
+        return ours["img_per_s"] / results[name]["img_per_s"] if name else None
     cores = len(os.sched_getaffinity(0))
-    busy = others is not None and others >= 0.25
+    busy = [name for name, r in results.items() if r["busy"]]
 
     print(f"{args.model}, batch {args.batch}, {size}, float32, {threads} threads, "
           f"ipugraph backend '{args.backend}' planned for {target.name}")
-    rows = [("ipugraph " + args.backend, results["ipugraph"])]
-    if peer is not None:
-        rows.append((peer, results[peer]))
-    print(table(rows, results[peer] if peer else None))
-    if peer is not None:
-        other = "torch NCHW" if peer == "torch channels_last" else "torch channels_last"
-        print(f"torch {torch.__version__} eager under inference_mode; {peer.split()[1]} was "
-              f"faster ({other.split()[1]}: median {results[other]['median_ms']:.1f} ms)")
-        print(f"ipugraph/torch throughput: {ratio:.2f}x; max rel error vs torch "
-              f"{errors[peer]:.1e}")
-    load = ("other processes unmeasured" if others is None else
-            f"other processes used {others:.2f} of the {os.cpu_count()} cores meanwhile"
-            + (" (BUSY: these times are inflated)" if busy else ""))
-    print(f"medians of {args.iters} interleaved runs after {args.warmup} warm-up on {cores} "
-          f"cores ({cpu_model()}); {load}")
+    rows = [("ipugraph " + args.backend, ours)] + [(n, results[n]) for n in peer_names]
+    print(table(rows, results[fastest] if fastest else None, "fastest peer"))
+    if fastest is not None:
+        print(f"ipugraph/{fastest} (the fastest peer) throughput: {ratio(fastest):.2f}x")
+    if torch_peer is not None:
+        print(f"ipugraph/torch throughput: {ratio(torch_peer):.2f}x (torch {versions['torch']} "
+              f"eager under inference_mode, {torch_peer.split()[1]} the faster layout)")
+    if errors:
+        print("max rel error of the logits vs " + ref_name + ": " +
+              ", ".join(f"{n} {e:.1e}" for n, e in errors.items()))
+    print(f"each runtime timed in its own block: {args.warmup} warm-up + {args.iters} timed "
+          f"calls, {args.rounds} rounds, best round's median; {cores} cores ({cpu_model()})"
+          + (f"; BUSY (other processes used >= {BUSY_CORES} cores) during: {', '.join(busy)}: "
+             "those times are inflated, re-run" if busy else "; quiet"))
     prof = profile_runs(engine, {"x": x}, args.iters) if args.profile else None
     if args.profile:
         print_profile(prof, args.iters)
     if not agree:
-        print(f"ERROR: ipugraph and torch disagree (max rel error {max(errors.values()):.2e} > "
+        print(f"ERROR: the runtimes disagree (max rel error {max(errors.values()):.2e} > "
               f"{AGREE_REL_ERROR}); the timings compare different computations", file=sys.stderr)
 
     if args.json:
@@ -429,31 +330,23 @@ def cmd_bench(args) -> int:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": args.model, "batch": args.batch, "image_size": size, "dtype": "float32",
             "seed": args.seed, "backend": args.backend, "target": target.name,
-            "warmup": args.warmup, "iters": args.iters, "threads": threads,
-            "params": graph.num_params(), "macs_per_run": macs,
-            "results": results, "torch_peer": peer, "ratio_ipugraph_over_torch": ratio,
-            "max_rel_error": errors, "outputs_agree": agree,
+            "warmup": args.warmup, "iters": args.iters, "rounds": args.rounds,
+            "timing": "each runtime in its own block; the best round's median",
+            "threads": threads, "params": graph.num_params(), "macs_per_run": macs,
+            "results": results, "fastest_peer": fastest,
+            "ratio_ipugraph_over_fastest_peer": ratio(fastest),
+            "torch_peer": torch_peer, "ratio_ipugraph_over_torch": ratio(torch_peer),
+            "reference": ref_name, "max_rel_error": errors, "outputs_agree": agree,
             "machine": {"cpu_model": cpu_model(), "cores": cores,
                         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                         "loadavg_start": load_start, "loadavg_end": load_end,
-                        "other_processes_cores": others, "busy": busy,
-                        "platform": platform.platform()},
+                        "busy_runtimes": busy, "platform": platform.platform()},
             "versions": {"ipugraph": __version__, "python": platform.python_version(),
-                         "numpy": np.__version__, "torch": torch.__version__ if torch else None},
+                         "numpy": np.__version__, **versions},
             "extension": extension_info() if args.backend == "cpu" else None,
             "profile": prof.to_dict() if prof is not None else None,
         })
     return 0 if agree else 1
-
-
-def table(rows: list[tuple[str, dict]], peer: dict | None) -> str:
-    head = f"{'runtime':<22} {'img/s':>9} {'median ms':>10} {'GFLOP/s':>9} {'vs torch':>9}"
-    lines = [head, "-" * len(head)]
-    for name, r in rows:
-        ratio = f"{r['img_per_s'] / peer['img_per_s']:.2f}x" if peer else "-"
-        lines.append(f"{name:<22} {r['img_per_s']:>9.2f} {r['median_ms']:>10.1f} "
-                     f"{r['gflop_per_s']:>9.1f} {ratio:>9}")
-    return "\n".join(lines)
 
 
 # -- entry point ------------------------------------------------------------------------------
@@ -473,9 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the plan's target (default: host, one tile per thread)")
     bench.add_argument("--batch", type=positive_int, default=8)
     bench.add_argument("--image-size", type=image_size, default=224, metavar="N|HxW")
-    bench.add_argument("--compare", choices=("torch", "none"), default="torch")
+    bench.add_argument("--compare", default="torch", metavar="PEERS",
+                       help="none, all, or a comma list of torch,onnxruntime,openvino "
+                            "(default torch; --train compares with torch only)")
     bench.add_argument("--warmup", type=nonnegative_int, default=2)
-    bench.add_argument("--iters", type=positive_int, default=5)
+    bench.add_argument("--iters", type=positive_int, default=5,
+                       help="timed calls per runtime per round")
+    bench.add_argument("--rounds", type=positive_int, default=2,
+                       help="rounds of blocks (warm-up, then the timed calls) per runtime")
     bench.add_argument("--threads", type=positive_int, default=None,
                        help="OpenMP threads for ipugraph and torch (default: OMP_NUM_THREADS "
                        "or all usable cores)")

@@ -68,15 +68,18 @@ def cmd_train(cli, args) -> int:
     return 0
 
 
-def bench_train(cli, args) -> int:
-    """One SGD step (forward, loss, backward, update) of ipugraph against torch's, interleaved."""
+def bench_train(cli, args, peers=("torch",)) -> int:
+    """One SGD step (forward, loss, backward, update) of ipugraph against torch's, each timed
+    in its own blocks (ipugraph/benchmark.py)."""
     from . import __version__
     from .engine import compile as ig_compile
     from .planner import plan
     from .target import Target
     threads = cli.apply_threads(args.threads, args.backend)
     torch = None
-    if args.compare == "torch":
+    if set(peers) - {"torch"}:
+        raise cli.UsageError("bench --train compares with torch only (--compare torch or none)")
+    if peers:
         import torch
         torch.set_num_threads(threads)
     target = Target.host(threads) if args.target == "host" else Target.from_name(args.target)
@@ -118,9 +121,10 @@ def bench_train(cli, args) -> int:
             first["torch channels_last"])
         cli.progress(f"first-step loss: ipugraph {first['ipugraph']:.6f}, torch "
                      f"{first['torch channels_last']:.6f} (rel. difference {error:.1e})")
-    times, others = cli.measure(runners, args.warmup, args.iters)
+    measured = cli.measure(runners, args.warmup, args.iters, args.rounds)
     # the training graph's macs() already counts forward, backward-data and backward-weight
-    results = {name: cli.figures(t, args.batch, macs) for name, t in times.items()}
+    results = {name: cli.figures(rec["best"], args.batch, macs, rec)
+               for name, rec in measured.items()}
     peer = "torch channels_last" if torch is not None else None
     ratio = results["ipugraph"]["img_per_s"] / results[peer]["img_per_s"] if peer else None
     print(f"{args.model} training step (forward, cross-entropy, backward, SGD momentum "
@@ -129,14 +133,16 @@ def bench_train(cli, args) -> int:
     rows = [("ipugraph " + args.backend, results["ipugraph"])]
     if peer:
         rows.append((peer, results[peer]))
-    print(cli.table(rows, results[peer] if peer else None))
+    print(cli.table(rows, results[peer] if peer else None, "torch"))
     if peer:
         print(f"ipugraph/torch training-step throughput: {ratio:.2f}x; first-step loss rel. "
               f"difference {error:.1e}")
-    busy = others is not None and others >= 0.25
-    print(f"medians of {args.iters} interleaved steps after {args.warmup} warm-up on "
-          f"{len(os.sched_getaffinity(0))} cores ({cli.cpu_model()})"
-          + (f"; other processes used {others:.2f} cores (BUSY)" if busy else ""))
+    busy = [name for name, r in results.items() if r["busy"]]
+    print(f"each runtime timed in its own block: {args.warmup} warm-up + {args.iters} timed "
+          f"steps, {args.rounds} rounds, best round's median; {len(os.sched_getaffinity(0))} "
+          f"cores ({cli.cpu_model()})"
+          + (f"; BUSY during: {', '.join(busy)}: those times are inflated, re-run" if busy
+             else "; quiet"))
     feeds = {"x": x, "labels": y, "lr": lr}
     prof = cli.profile_runs(engine, feeds, args.iters) if args.profile else None
     if args.profile:
@@ -149,7 +155,9 @@ def bench_train(cli, args) -> int:
             "classes": args.classes, "threads": threads, "backend": args.backend,
             "results": results, "torch_peer": peer, "ratio_ipugraph_over_torch": ratio,
             "first_step_loss": first, "first_step_loss_rel_difference": error,
-            "machine": {"cpu_model": cli.cpu_model(), "other_processes_cores": others,
+            "warmup": args.warmup, "iters": args.iters, "rounds": args.rounds,
+            "timing": "each runtime in its own block; the best round's median",
+            "machine": {"cpu_model": cli.cpu_model(), "busy_runtimes": busy,
                         "platform": platform.platform()},
             "versions": {"ipugraph": __version__, "numpy": np.__version__,
                          "torch": torch.__version__ if torch else None},

@@ -56,6 +56,9 @@ def _check_bench_json(path, backend, compare):
         assert key in data["machine"]
     assert data["versions"]["numpy"] and data["versions"]["python"]
     ours = data["results"]["ipugraph"]
+    assert data["rounds"] == 2 and len(ours["round_medians_ms"]) == 2
+    # the best round's median; its one sample is the median
+    assert ours["median_ms"] == min(ours["round_medians_ms"])
     assert len(ours["times_ms"]) == 1 and ours["median_ms"] == ours["times_ms"][0] > 0
     assert ours["img_per_s"] == pytest.approx(1e3 / ours["median_ms"])
     assert ours["gflop_per_s"] == pytest.approx(2 * data["macs_per_run"] / ours["median_ms"] / 1e6)
@@ -64,6 +67,12 @@ def _check_bench_json(path, backend, compare):
         assert data["torch_peer"] in ("torch NCHW", "torch channels_last")
         assert data["ratio_ipugraph_over_torch"] == pytest.approx(
             ours["img_per_s"] / peer["img_per_s"])
+        fastest = data["results"][data["fastest_peer"]]
+        assert fastest["median_ms"] == min(r["median_ms"] for n, r in data["results"].items()
+                                           if n != "ipugraph")
+        assert data["ratio_ipugraph_over_fastest_peer"] == pytest.approx(
+            ours["img_per_s"] / fastest["img_per_s"])
+        assert data["reference"] == "torch NCHW"
         assert max(data["max_rel_error"].values()) < 1e-4
     return data
 
@@ -77,12 +86,38 @@ def test_bench_against_torch(backend, tmp_path, capsys):
     lines = captured.out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("runtime"))
     assert lines[header].split() == ["runtime", "img/s", "median", "ms", "GFLOP/s", "vs",
-                                     "torch"]
+                                     "fastest", "peer"]
     assert lines[header + 2].startswith(f"ipugraph {backend}")
-    assert lines[header + 3].startswith("torch ")
+    assert lines[header + 3].startswith("torch NCHW")
+    assert lines[header + 4].startswith("torch channels_last")
     assert "ipugraph/torch throughput:" in captured.out
-    assert "[ipugraph] warm-up 1/1" in captured.err and "[ipugraph] run 1/1" in captured.err
+    assert "each runtime timed in its own block" in captured.out
+    # blocks: every runtime's round 1 before any runtime's round 2
+    rounds = [line for line in captured.err.splitlines() if "] round " in line]
+    assert [r.split(":")[0].split()[-1] for r in rounds] == ["1/2"] * 3 + ["2/2"] * 3
     _check_bench_json(path, backend, compare=True)
+
+
+def test_bench_against_onnxruntime_and_openvino(tmp_path, capsys):
+    """The ONNX peers run the same weights (exported from the torch twin) and agree."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    path = tmp_path / "bench.json"
+    assert main(["bench", *TINY, "--compare", "all", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    data = _check_bench_json(path, "cpu", compare=True)
+    assert set(data["results"]) == {"ipugraph", "torch NCHW", "torch channels_last",
+                                    "onnxruntime", "openvino"}
+    assert set(data["max_rel_error"]) == {"ipugraph", "torch channels_last", "onnxruntime",
+                                          "openvino"}
+    assert data["versions"]["onnxruntime"] and data["versions"]["openvino"]
+    assert f"ipugraph/{data['fastest_peer']} (the fastest peer) throughput:" in out
+
+
+def test_bench_compare_names_are_checked(capsys):
+    assert main(["bench", *TINY, "--compare", "torch,tensorflow"]) == 2
+    assert "--compare takes 'none', 'all' or a comma list of torch, onnxruntime, openvino" \
+        in capsys.readouterr().err
 
 
 def test_bench_profile_table_and_json(tmp_path, capsys):
