@@ -1,7 +1,10 @@
-"""Builds the C++/OpenMP codelets in csrc/ as the extension module ipugraph._C.
+"""Builds the C++/OpenMP codelets in csrc/ once per vector ISA; ipugraph/_C.py loads the build
+this CPU runs at import (the machines this project builds on change from AVX-512 to AVX2-only).
 
--march=native is the default so the kernels use the host's vector ISA (AVX-512 or AVX2+FMA);
-IPUGRAPH_PORTABLE=1 builds for baseline x86-64 instead (for wheels that travel).
+  ipugraph._C_avx512   AVX-512 F/BW/DQ/VL + AVX2 + FMA (Skylake-SP and later, Zen 4)
+  ipugraph._C_avx2     AVX2 + FMA (Haswell and later, Zen 1-3)
+IPUGRAPH_PORTABLE=1 builds one baseline x86-64 module instead (_C_portable); IPUGRAPH_NATIVE=1
+one -march=native module (_C_native) for this machine only.
 
 The pointwise evaluator's opcodes are generated here from the table in
 ipugraph/ops/pointwise.py (one entry per primitive, its C++ expression among the fields) into
@@ -50,25 +53,41 @@ class BuildExt(build_ext):
 
     def run(self):
         generate_pointwise_ops(os.path.join(GENERATED, "pointwise_ops.inc"))
+        # a single-module build from before the ISA variants would shadow ipugraph/_C.py
+        for stale in glob.glob(os.path.join(HERE, "ipugraph", "_C.*.so")):
+            os.remove(stale)
         super().run()
 
 
 # Compile the csrc/ files in parallel (IPUGRAPH_BUILD_JOBS, default every core).
 ParallelCompile("IPUGRAPH_BUILD_JOBS", default=0).install()
 
-flags = ["-O3", "-fopenmp", "-std=c++17", "-ffp-contract=fast", "-fno-math-errno"]
-if os.environ.get("IPUGRAPH_PORTABLE", "0") != "1":
-    flags.append("-march=native")
+BASE = ["-O3", "-fopenmp", "-std=c++17", "-ffp-contract=fast", "-fno-math-errno"]
+AVX2 = ["-mavx2", "-mfma", "-mf16c", "-mbmi", "-mbmi2", "-mlzcnt", "-mpopcnt"]
+if os.environ.get("IPUGRAPH_PORTABLE", "0") == "1":
+    VARIANTS = {"portable": []}
+elif os.environ.get("IPUGRAPH_NATIVE", "0") == "1":
+    VARIANTS = {"native": ["-march=native"]}
+else:
+    VARIANTS = {"avx512": AVX2 + ["-mavx512f", "-mavx512cd", "-mavx512bw", "-mavx512dq",
+                                  "-mavx512vl"],
+                "avx2": AVX2}
 
-ext = Pybind11Extension(
-    "ipugraph._C",
-    sorted(glob.glob("csrc/*.cpp")),
-    include_dirs=["csrc", GENERATED],
-    depends=sorted(glob.glob("csrc/*.h")) + [os.path.join(GENERATED, "pointwise_ops.inc")],
-    define_macros=[("IPUGRAPH_BUILD_FLAGS", '"' + " ".join(flags) + '"')],
-    extra_compile_args=flags,
-    extra_link_args=["-fopenmp"],
-    cxx_std=17,
-)
 
-setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt})
+def extension(isa: str, isa_flags: list) -> Pybind11Extension:
+    flags = BASE + isa_flags
+    return Pybind11Extension(
+        f"ipugraph._C_{isa}",
+        sorted(glob.glob("csrc/*.cpp")),
+        include_dirs=["csrc", GENERATED],
+        depends=sorted(glob.glob("csrc/*.h")) + [os.path.join(GENERATED, "pointwise_ops.inc")],
+        define_macros=[("IPUGRAPH_BUILD_FLAGS", '"' + " ".join(flags) + '"'),
+                       ("IPUGRAPH_MODULE", f"_C_{isa}")],
+        extra_compile_args=flags,
+        extra_link_args=["-fopenmp"],
+        cxx_std=17,
+    )
+
+
+setup(ext_modules=[extension(isa, f) for isa, f in VARIANTS.items()],
+      cmdclass={"build_ext": BuildExt})

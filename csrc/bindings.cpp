@@ -13,9 +13,17 @@ void register_reduce(py::module& m);
 void register_loss(py::module& m);
 void register_shape(py::module& m);
 void register_random(py::module& m);
+void register_probe(py::module& m);
+void register_winograd(py::module& m);
 }  // namespace ipugraph
 
-PYBIND11_MODULE(_C, m) {
+// One module per ISA build (setup.py names it: _C_avx512, _C_avx2, _C_portable); ipugraph/_C.py
+// imports the one this CPU runs.
+#ifndef IPUGRAPH_MODULE
+#define IPUGRAPH_MODULE _C_native
+#endif
+
+PYBIND11_MODULE(IPUGRAPH_MODULE, m) {
   m.doc() = "ipugraph C++/OpenMP codelets: each function runs a table of vertices (one row per "
             "tile's slice of an op) in parallel.";
 #if defined(IPUGRAPH_AVX512)
@@ -40,5 +48,7 @@ PYBIND11_MODULE(_C, m) {
   ipugraph::register_loss(m);
   ipugraph::register_shape(m);
   ipugraph::register_random(m);
+  ipugraph::register_probe(m);
+  ipugraph::register_winograd(m);
   m.def("num_threads", &ipugraph::max_threads, "OpenMP threads the codelets run on.");
 }

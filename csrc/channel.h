@@ -22,14 +22,6 @@ constexpr int64_t kCB = 64;  // channels per accumulator block
 
 inline std::string i2s(int64_t v) { return std::to_string(v); }
 
-// Fails if the byte ranges of a and b overlap (an output that is read from elsewhere).
-inline void check_no_overlap(const char* fn, const py::array& out, const py::array& in, const char* what) {
-  const char* ob = static_cast<const char*>(out.data());
-  const char* ib = static_cast<const char*>(in.data());
-  const size_t on = size_t(out.nbytes()), in_n = size_t(in.nbytes());
-  if (on && in_n && ob < ib + in_n && ib < ob + on)
-    fail(std::string(fn) + ": out " + shape_str(out) + " overlaps " + what + " " + shape_str(in));
-}
 
 
 // ---------------------------------------------------------------------------------------------

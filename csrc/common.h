@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -129,6 +130,39 @@ template <class Body>
 void for_each_range(const int32_t* vt, py::ssize_t V, Body&& body) {
   for_each_vertex(vt, V, 2,
                   [&](const int32_t* row, int t) { body(int64_t(row[0]), int64_t(row[1]), t); });
+}
+
+// Fails if the byte ranges of a and b overlap (an output that is read from elsewhere).
+inline void check_no_overlap(const char* fn, const py::array& out, const py::array& in,
+                             const char* what) {
+  const char* ob = static_cast<const char*>(out.data());
+  const char* ib = static_cast<const char*>(in.data());
+  const size_t on = size_t(out.nbytes()), in_n = size_t(in.nbytes());
+  if (on && in_n && ob < ib + in_n && ib < ob + on)
+    fail(std::string(fn) + ": out " + shape_str(out) + " overlaps " + what + " " + shape_str(in));
+}
+
+// The epilogue operands of a conv-shaped codelet: bias [K], residual shaped like out.
+inline void check_bias_residual(const char* fn, const std::optional<FArr>& bias,
+                                const std::optional<FArr>& residual, const py::array& out,
+                                int64_t K) {
+  if (bias && (bias->ndim() != 1 || bias->shape(0) != K))
+    fail(std::string(fn) + ": bias has shape " + shape_str(*bias) + ", expected (" +
+         std::to_string(K) + ",)");
+  bool same = residual && residual->ndim() == out.ndim();
+  for (py::ssize_t d = 0; same && d < out.ndim(); ++d) same = residual->shape(d) == out.shape(d);
+  if (residual && !same)
+    fail(std::string(fn) + ": residual has shape " + shape_str(*residual) + ", expected out's " +
+         shape_str(out));
+}
+
+// An NHWC output box (n0,n1,k0,k1,oh0,oh1,ow0,ow1) in the first 8 columns of every vertex row.
+inline void check_nhwc_boxes(const IArr& vertices, int64_t N, int64_t K, int64_t OH, int64_t OW,
+                             const char* fn) {
+  check_range_cols(vertices, 0, N, fn, "batch (n0, n1)");
+  check_range_cols(vertices, 2, K, fn, "channel (k0, k1)");
+  check_range_cols(vertices, 4, OH, fn, "row (oh0, oh1)");
+  check_range_cols(vertices, 6, OW, fn, "column (ow0, ow1)");
 }
 
 inline void check_same_size(const char* fn, const py::array& a, const char* an,

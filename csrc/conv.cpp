@@ -295,12 +295,8 @@ struct ConvBuffers {
   }
 };
 
-// The output box (n0,n1,k0,k1,oh0,oh1,ow0,ow1) in the first 8 columns of every vertex row.
 void check_box_cols(const IArr& vertices, const ConvGeom& g, const char* fn) {
-  check_range_cols(vertices, 0, g.N, fn, "batch (n0, n1)");
-  check_range_cols(vertices, 2, g.K, fn, "channel (k0, k1)");
-  check_range_cols(vertices, 4, g.OH, fn, "row (oh0, oh1)");
-  check_range_cols(vertices, 6, g.OW, fn, "column (ow0, ow1)");
+  check_nhwc_boxes(vertices, g.N, g.K, g.OH, g.OW, fn);
 }
 
 void conv2d_nhwc(const FArr& x, const FArr& wp, std::optional<FArr> bias,
@@ -315,14 +311,7 @@ void conv2d_nhwc(const FArr& x, const FArr& wp, std::optional<FArr> bias,
   const ConvGeom g = conv_geom(fn, x, wp, K, R, S, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                                groups);
   check_out_shape(fn, out, "out", 0, g, x);
-  if (bias && (bias->ndim() != 1 || bias->shape(0) != K))
-    fail(std::string(fn) + ": bias has shape " + shape_str(*bias) + ", expected (" +
-         std::to_string(K) + ",)");
-  if (residual && (residual->ndim() != 4 || residual->shape(0) != g.N ||
-                   residual->shape(1) != g.OH || residual->shape(2) != g.OW ||
-                   residual->shape(3) != K))
-    fail(std::string(fn) + ": residual has shape " + shape_str(*residual) + ", expected out's " +
-         shape_str(out));
+  check_bias_residual(fn, bias, residual, out, K);
   const py::ssize_t V = check_vertices(vertices, 8, fn);
   check_box_cols(vertices, g, fn);
 

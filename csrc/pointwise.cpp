@@ -158,7 +158,8 @@ void pointwise(const PointwiseProgram& prog, const IArr& vertices) {
 }  // namespace
 
 void register_pointwise(py::module& m) {
-  py::class_<PointwiseProgram>(m, "PointwiseProgram",
+  // module_local: each ISA build of the extension (ipugraph/_C.py) registers its own type
+  py::class_<PointwiseProgram>(m, "PointwiseProgram", py::module_local(),
                                "A fused pointwise chain, validated once (see pointwise.h).")
       .def(py::init<py::array, const std::vector<int64_t>&, const std::vector<py::array>&,
                     const py::array_t<int64_t, py::array::c_style | py::array::forcecast>&,

@@ -151,7 +151,6 @@ void global_avg_pool_nhwc(const FArr& x, py::array out, const IArr& vertices) {
   });
 }
 
-using chan::check_no_overlap;
 using chan::i2s;
 
 // ---------------------------------------------------------------------------------------------

@@ -100,8 +100,9 @@ def extension_info() -> dict:
         from . import _C
     except ImportError as e:
         return {"built": False, "error": str(e)}
-    info = {"built": True, "path": getattr(_C, "__file__", None),
-            "simd": getattr(_C, "simd", None), "omp_threads": _C.num_threads()}
+    info = {"built": True, "path": getattr(_C, "module_file", None),
+            "simd": getattr(_C, "simd", None), "isa_builds": _C.built(),
+            "runnable": _C.available(), "omp_threads": _C.num_threads()}
     for attr in ("build_flags", "compile_flags", "compiler"):   # if the extension records them
         if hasattr(_C, attr):
             info[attr] = getattr(_C, attr)
@@ -128,7 +129,9 @@ def cmd_info(args) -> int:
     if ext["built"]:
         extra = "".join(f", {k} {ext[k]}" for k in ("build_flags", "compile_flags", "compiler")
                         if k in ext)
-        print(f"C++ extension ipugraph._C: built, SIMD {ext['simd']}{extra}\n  {ext['path']}")
+        print(f"C++ extension ipugraph._C: built, SIMD {ext['simd']}{extra}\n  {ext['path']}"
+              f"\n  ISA builds: {', '.join(ext['isa_builds'])}; this CPU runs "
+              f"{', '.join(ext['runnable'])} (IPUGRAPH_ISA picks one)")
         print(f"OpenMP threads: {ext['omp_threads']}")
     else:
         print(f"C++ extension ipugraph._C: not built ({ext['error']})")

@@ -89,13 +89,14 @@ class Engine:
 
 
 def compile(graph: Graph, backend: str = "cpu", plan: Plan | None = None, target=None,
-            fuse: bool = True, **options) -> Engine:
-    """Plan `graph` (unless given a plan), lower it and build an executable on `backend`."""
+            fuse: bool = True, methods=None, **options) -> Engine:
+    """Plan `graph` (unless given a plan), lower it and build an executable on `backend`.
+    `methods` restricts how ops may be computed (planner.plan's argument)."""
     from .backends import get_backend
     if not graph.outputs and not graph.updates:
         raise GraphError(f"graph '{graph.name}' has no outputs: mark one with g.output(name, t)")
     if plan is None:
-        plan = make_plan(graph, target, fuse=fuse)
+        plan = make_plan(graph, target, fuse=fuse, methods=methods)
     elif plan.graph is not graph:
         raise GraphError("compile: the plan was made for another graph")
     program = lower(plan)

@@ -40,7 +40,7 @@ def _compute_set(step: Step) -> ComputeSet:
                       tuple(group.external_inputs()), group.output, columns,
                       np.ascontiguousarray(step.vertices, np.int32), step.tiles,
                       folded_bn=group.bn, pointwise=program, reduce=reduce,
-                      repeats=step.repeats, phase=group.root.phase)
+                      repeats=step.repeats, phase=group.root.phase, method=space.method)
 
 
 def lower(plan: Plan) -> Program:

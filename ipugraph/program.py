@@ -126,6 +126,7 @@ class ComputeSet:
     reduce: Reduce | None = None
     repeats: int = 1
     phase: str = "forward"
+    method: str = "direct"          # which codelet computes the anchor (Space.method)
 
     def table(self, *names: str, extents: tuple[int, ...] = ()) -> np.ndarray:
         """The vertex table's column pairs for `names`, in that order; a dim the table lacks

@@ -51,6 +51,11 @@ class Space:
     codelet: str = "worker"
     rate: str = "vector"
     reduce_region: Callable | None = None
+    method: str = "direct"
+
+    # An op's space function may return several Spaces, one per way of computing it (a conv:
+    # "direct" or "winograd"); the planner keeps the cheapest. `method` names the codelet the
+    # backends run, and plan.summary() shows it, as PopLibs' plans name theirs.
 
     # reduce_region(kept) -> Region: the output elements each reduction vertex writes, from its
     # (lo, hi) columns of the dims that are not reduce dims; by default those dims are the

@@ -42,8 +42,7 @@ def test_iteration_space_covered_once(small_plans):
     _, plans = small_plans
     for name, plan in plans.items():
         for step in plan.steps:
-            anchor = step.group.anchor
-            space = anchor.op.space(anchor, plan.target)
+            space = step.space                      # the method's space the step was planned in
             count = np.zeros([d.extent for d in space.dims], dtype=np.int32)
             for row in step.vertices:
                 count[tuple(slice(lo, hi) for lo, hi in zip(row[0::2], row[1::2]))] += 1
@@ -182,7 +181,7 @@ def test_unbalanced_steps_say_why():
     """A supervisor codelet's tile runs its vertices one after the other: 3 equal matmul
     vertices on 2 tiles (2 on one, 1 on the other) are flagged as unbalanced; an even split is
     not flagged."""
-    from ipugraph.planner.fusion import group_nodes, group_space
+    from ipugraph.planner.fusion import group_nodes, group_spaces
     from ipugraph.planner.partition import Partition
     from ipugraph.planner.regions import TileMapping
     from ipugraph.planner.step import evaluate
@@ -192,7 +191,7 @@ def test_unbalanced_steps_say_why():
     b = g.input("b", (64, 64))
     g.output("y", ig.ops.matmul(a, b))
     (group,) = group_nodes(g)
-    space = group_space(group, two)
+    (space,) = group_spaces(group, two)
     maps = {n: TileMapping.linear(t.shape, 4, two.tiles, two.vector_grain)
             for n, t in g.inputs.items()}
     dims = tuple(d.name for d in space.dims)

@@ -250,7 +250,9 @@ def test_sgd_momentum_step_resnet34_matches_torch():
     g = ig.models.resnet34(batch=B, image_size=S, num_classes=C, training=True)
     load_state_dict(g, model.state_dict())
     ig.training.add_training(g, optimizer="sgd", momentum=0.9, weight_decay=1e-3)
-    eng = ig.compile(g, backend="cpu")
+    # direct convolutions: the seed was chosen for their rounding (see above); Winograd's is
+    # checked by tests/test_winograd.py
+    eng = ig.compile(g, backend="cpu", methods=("direct",))
     m64 = model.double()
     opt = torch.optim.SGD(m64.parameters(), lr=lr, momentum=0.9, weight_decay=1e-3)
     start = {n: p.detach().numpy().copy() for n, p in m64.named_parameters()}

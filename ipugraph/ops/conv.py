@@ -79,7 +79,8 @@ def _conv2d_space(node, target) -> Space:
         sn, sk, soh, sow, sc, skh = (sizes[..., i] for i in range(6))
         # The codelet computes `block` output pixels of a row at a time: a ragged row pays for
         # the whole last block.
-        macs = sn * sk * soh * (-(-sow // block) * block) * (sc * skh * s)
+        macs = sn * sk * soh * (-(-sow // block) * block) * (sc * skh * s) \
+            / target.block_efficiency(sk)
         rows_in = np.minimum((soh - 1) * sh + (skh - 1) * dh + 1, h + 2 * ph)
         cols_in = np.minimum((sow - 1) * sw + (s - 1) * dw + 1, wd + 2 * pw)
         groups_spanned = np.minimum(-(-sk // kg) + (kg % 16 != 0), c // cg)
@@ -109,7 +110,84 @@ def _conv2d_space(node, target) -> Space:
                  reduce_dims=("c", "kh"), codelet="supervisor", rate="macs")
 
 
-@defop("conv2d", infer=_conv2d_infer, cost=_conv2d_cost, space=_conv2d_space,
+# Winograd F(4x4, 3x3) on the host (csrc/winograd.cpp). Transform costs in MAC-equivalents per
+# tile: the input transform per 16 input channels, the inverse transform and epilogue per 16
+# output channels; fitted to the codelet's times on 2 threads of this project's AVX-512 machine
+# (tiles x C x K swept from 16 to 128 channels: ~470 and ~280 cycles).
+WINO_TILE = 4
+WINO_POSITIONS = 36
+WINO_IN_MACS = 15000
+WINO_OUT_MACS = 9000
+WINO_V_BUDGET = 1 << 20          # bytes of V a tile block keeps in L2 (csrc/winograd.cpp)
+
+
+def winograd_applies(node) -> bool:
+    """F(4x4, 3x3) computes this conv: 3x3, stride 1, no dilation, one group, pads <= 2."""
+    a = node.attrs
+    w = node.inputs[1]
+    return (w.shape[2:] == (3, 3) and a["stride"] == (1, 1) and a["dilation"] == (1, 1)
+            and a["groups"] == 1 and max(a["padding"]) <= 2 and w.dtype == "float32"
+            and node.inputs[0].dtype == "float32")
+
+
+def winograd_traffic(tiles, kv, c: int, item: int = 4):
+    """Bytes a Winograd vertex of `tiles` tiles and `kv` output channels streams beyond one
+    pass over its transformed weights U, as the codelet's tile blocking does (csrc/winograd.cpp,
+    tile_block): none while U or all the tiles fit a block in L2; else U once more per extra
+    block of tiles, or, taking every tile at once, V re-read per 64 output channels."""
+    cp = -(-c // 16) * 16
+    v_tile = WINO_POSITIONS * cp * item                  # V bytes per tile
+    tiles = np.asarray(tiles, np.float64)
+    small = float(np.clip(WINO_V_BUDGET // v_tile, 6, 48))
+    u = WINO_POSITIONS * c * (-(-np.asarray(kv) // 16) * 16) * item
+    every = np.maximum(6.0, np.minimum(tiles, float((16 << 20) // v_tile)))
+    cost_small = np.ceil(tiles / small) * u
+    cost_all = np.ceil(tiles / every) * u + np.ceil(np.asarray(kv) / 64) * v_tile * tiles
+    extra = np.minimum(cost_small, cost_all) - u
+    return np.where((tiles <= small) | (u <= WINO_V_BUDGET), 0.0, extra)
+
+
+def _winograd_space(node, target, direct: Space) -> Space:
+    """The same conv by F(4x4, 3x3): split over batch, output channels and whole 4x4 output
+    tiles (no partial sums: each tile needs every input channel)."""
+    x, w = node.inputs[0], node.inputs[1]
+    _, c, h, wd = x.shape
+    k_total, cg, r, s = w.shape
+    item = x.itemsize
+    n, k, oh, ow = node.output.shape
+    cp = -(-c // 16) * 16
+    macs_per_byte = target.macs_per_cycle / target.spill_bytes_per_cycle
+
+    def slice_cost(sizes):
+        sn, sk, soh, sow = (sizes[..., i] for i in range(4))
+        tiles = sn * -(-soh // WINO_TILE) * -(-sow // WINO_TILE)
+        kb = -(-sk // 16)
+        gemm = -(-tiles // 6) * 6 * WINO_POSITIONS * c * kb * 16 / target.block_efficiency(sk)
+        transforms = tiles * (cp // 16 * WINO_IN_MACS + kb * WINO_OUT_MACS)
+        stream = winograd_traffic(tiles, sk, c, item) * macs_per_byte
+        x_bytes = sn * np.minimum(soh + 2, h) * np.minimum(sow + 2, wd) * c * item
+        u_bytes = WINO_POSITIONS * c * kb * 16 * item
+        return gemm + transforms + stream, x_bytes, u_bytes, sn * sk * soh * sow * item
+
+    def boxes(table):
+        whole = np.tile(np.array([0, cg, 0, r], table.dtype), (len(table), 1))
+        return direct.boxes(np.concatenate([table, whole], axis=1))
+
+    return Space((Dim("n", n), Dim("k", k, target.channel_grain),
+                  Dim("oh", oh, WINO_TILE), Dim("ow", ow, WINO_TILE)), slice_cost, boxes,
+                 codelet="supervisor", rate="macs", method="winograd")
+
+
+def _conv2d_spaces(node, target):
+    """Direct convolution everywhere; on the host also Winograd where it applies (PopLibs'
+    IPU planner has no Winograd method, so IPU plans stay comparable with Graphcore's)."""
+    direct = _conv2d_space(node, target)
+    if target.memory_is_cache and winograd_applies(node):
+        return [direct, _winograd_space(node, target, direct)]
+    return [direct]
+
+
+@defop("conv2d", infer=_conv2d_infer, cost=_conv2d_cost, space=_conv2d_spaces,
        attrs={"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1})
 def conv2d_op(x, w, bias=None, *, stride, padding, dilation, groups):
     """out[n,k,i,j] = bias[k] + sum_{c,r,s} xpad[n, g*Cg+c, i*sh+r*dh, j*sw+s*dw] * w[k,c,r,s]."""

@@ -20,7 +20,9 @@ nothing is resident, an upper bound on exchange) and the constants of code and v
 exact per-tile evaluation of the best candidates, with tile mappings, lives in evaluate.py.
 
 On the host a tile is a core, memory is its L2 (a cache, not a limit): a slice that spills L2
-pays the excess bytes again at DRAM speed, and there is no exchange phase.
+pays the excess bytes again at DRAM speed, the weights a vertex reads come from memory (L3 or
+DRAM: a network's weights do not stay in a core's L2 from one run to the next) and there is no
+exchange phase.
 """
 from __future__ import annotations
 
@@ -62,6 +64,38 @@ def max_vertices(space, target) -> int:
     return target.tiles * (8 if target.memory_is_cache else per_tile)
 
 
+def weight_stream(target, ins, slot: np.ndarray, w_bytes: np.ndarray) -> np.ndarray:
+    """Host: bytes each vertex streams from memory for the variables (weights) it reads. A
+    weight box that fits half the L2 is read once per tile and shared by the tile's vertices
+    that read the same box (they run one after another on that core); a larger one is read
+    again by every vertex. (The op's own weight bytes w_bytes cap it: a transformed weight
+    may be larger than the variable's box.)"""
+    out = np.zeros(len(slot))
+    for t, region in ins:
+        if t.kind not in ("variable", "constant") or not len(region.vid):
+            continue
+        vol = region.volume().astype(np.float64) * t.itemsize
+        keys = np.concatenate([slot[region.vid][:, None], region.lo, region.hi], axis=1)
+        _, first, inverse, counts = np.unique(keys, axis=0, return_index=True,
+                                              return_inverse=True, return_counts=True)
+        share = counts[inverse.reshape(-1)].astype(np.float64)
+        per = np.where(vol > target.bytes_per_tile / 2, vol, vol / share)
+        out += np.bincount(region.vid, weights=per, minlength=len(slot))
+    # scale to the bytes the codelet really streams (Winograd's U is 4x the 3x3 weights)
+    total = np.bincount(np.arange(len(slot)), weights=out, minlength=len(slot))
+    var = sum(region.per_vertex(region.volume().astype(np.float64) * t.itemsize, len(slot))
+              for t, region in ins if t.kind in ("variable", "constant"))
+    ratio = np.where(np.asarray(var) > 0, np.asarray(w_bytes) / np.maximum(var, 1.0), 0.0)
+    return total * np.maximum(ratio, 1.0)
+
+
+def first_pass_stream(target, w_bytes, per_tile) -> np.ndarray:
+    """weight_stream's estimate without the boxes: small weights once per tile, large ones
+    once per vertex."""
+    w_bytes = np.asarray(w_bytes, np.float64)
+    return np.where(w_bytes > target.bytes_per_tile / 2, per_tile * w_bytes, w_bytes)
+
+
 def reduce_factor(space, splits: np.ndarray) -> np.ndarray:
     """P: how many partial slabs each output element gets (1: no reduction step)."""
     cols = [i for i, d in enumerate(space.dims) if d.name in space.reduce_dims]
@@ -95,8 +129,9 @@ def estimate(space, target, dtype: str, splits: np.ndarray, slice_sizes: np.ndar
     tile_bytes = tile_bytes + red_bytes
     out_total = out_bytes * (1 + extra_bytes_per_out)
     if target.memory_is_cache:
-        spill = np.maximum(in_bytes + w_bytes + out_total - target.bytes_per_tile, 0)
-        compute = compute + per_tile * spill / target.spill_bytes_per_cycle
+        spill = np.maximum(in_bytes + out_total - target.bytes_per_tile, 0)
+        compute = compute + (per_tile * spill + first_pass_stream(target, w_bytes, per_tile)) \
+            / target.spill_bytes_per_cycle
         exchange = exchange * 0.0          # shared memory: no exchange phase on the host
         red_exchange = red_exchange * 0.0
     sync = np.where(p > 1, 2.0, 1.0) * target.sync_cycles

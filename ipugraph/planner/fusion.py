@@ -37,15 +37,16 @@ def is_pointwise(node: Node) -> bool:
     return node.op.pointwise is not None
 
 
-def group_space(group: "Group", target):
-    """The Space a group is planned over: its anchor's, or for a pointwise region the output's
-    flat range with every operand the region reads."""
+def group_spaces(group: "Group", target) -> list:
+    """The Spaces a group may be planned over, one per method: its anchor's, or for a pointwise
+    region the output's flat range with every operand the region reads."""
     from ..ops.pointwise import PRIMITIVES, pointwise_space
     if not group.is_pointwise:
-        return group.anchor.op.space(group.anchor, target)
+        spaces = group.anchor.op.space(group.anchor, target)
+        return list(spaces) if isinstance(spaces, (list, tuple)) else [spaces]
     flops = sum(PRIMITIVES[n.op.name].flops if n.op.name in PRIMITIVES else 0
                 for n in group.pointwise)
-    return pointwise_space(group.output, group.external_inputs(), target, max(flops, 1))
+    return [pointwise_space(group.output, group.external_inputs(), target, max(flops, 1))]
 
 
 @dataclass

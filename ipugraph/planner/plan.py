@@ -16,14 +16,14 @@ import hashlib
 import numpy as np
 
 from ..graph import Graph
-from .fusion import Group, group_nodes, group_space
+from .fusion import Group, group_nodes, group_spaces
 from .memory import TileMemory, tile_memory
 from .partition import PlanError, candidates, chunk_space
 from .regions import TileMapping
 from .step import Step, batch_of, evaluate
 
-# (op signature, target, input mappings, min repeats) -> (Partition, repeats): a repeated layer
-# (ResNet's identical blocks) plans once.
+# (op signature, target, input mappings, min repeats) -> (method index, Partition, repeats): a
+# repeated layer (ResNet's identical blocks) plans once.
 _CACHE: dict[tuple, tuple] = {}
 CACHE_STATS = {"hits": 0, "misses": 0}
 
@@ -100,8 +100,11 @@ class Plan:
         return to_json(self, vertices=vertices)
 
 
-def plan(graph: Graph, target=None, *, fuse: bool = True) -> Plan:
-    """Partition every op of `graph` over the tiles of `target` (default: the graph's)."""
+def plan(graph: Graph, target=None, *, fuse: bool = True, methods=None) -> Plan:
+    """Partition every op of `graph` over the tiles of `target` (default: the graph's).
+    `methods` (e.g. ("direct",)) restricts the ways an op may be computed to those named, where
+    it has one of them (a conv's "direct" / "winograd"); by default the cheapest is kept."""
+    methods = None if methods is None else tuple(methods)
     target = target or graph.target
     groups = group_nodes(graph, fuse=fuse)
     inputs = {name: TileMapping.linear(t.shape, t.itemsize, target.tiles, target.vector_grain)
@@ -112,7 +115,7 @@ def plan(graph: Graph, target=None, *, fuse: bool = True) -> Plan:
         mappings = dict(inputs)
         steps = []
         for idx, group in enumerate(groups):
-            step = _plan_step(idx, group, target, mappings, least.get(idx, 1))
+            step = _plan_step(idx, group, target, mappings, least.get(idx, 1), methods)
             mappings[group.output.name] = step.out_mapping
             steps.append(step)
         memory = tile_memory(_Partial(graph, target, steps), inputs)
@@ -154,22 +157,37 @@ class _Partial:
         self.graph, self.target, self.steps = graph, target, steps
 
 
-def _plan_step(idx: int, group: Group, target, mappings: dict, least: int) -> Step:
+def _plan_step(idx: int, group: Group, target, mappings: dict, least: int,
+               methods: tuple | None = None) -> Step:
     anchor = group.anchor
-    space = group_space(group, target)
+    spaces = group_spaces(group, target)
+    if methods is not None:
+        allowed = [s for s in spaces if s.method in methods]
+        spaces = allowed or spaces[:1]
     dtype = anchor.output.dtype
-    batch = batch_of(space)
+    batch = batch_of(spaces[0])
     in_keys = tuple(mappings[t.name].key for n in group.nodes for t in n.inputs
                     if t.name in mappings)
-    key = (_signature(group, target), in_keys, least)
+    key = (_signature(group, target), in_keys, least, tuple(s.method for s in spaces))
     hit = _CACHE.get(key)
     if hit is not None:
         CACHE_STATS["hits"] += 1
-        step = evaluate(idx, group, space, hit[0], hit[1], target, dtype, mappings, batch)
+        method, part, repeats = hit
+        step = evaluate(idx, group, spaces[method], part, repeats, target, dtype, mappings,
+                        batch)
     else:
         CACHE_STATS["misses"] += 1
-        step = _search(idx, group, space, target, dtype, mappings, batch, least)
-        _CACHE[key] = (step.partition, step.repeats)
+        # every method's best partition; the cheapest wins (ties: the first, the direct one)
+        found, error = [], None
+        for space in spaces:
+            try:
+                found.append(_search(idx, group, space, target, dtype, mappings, batch, least))
+            except PlanError as e:
+                error = error or e
+        if not found:
+            raise error
+        step = min(found, key=lambda s: s.total_cycles)
+        _CACHE[key] = (spaces.index(step.space), step.partition, step.repeats)
     step.out_mapping.key = _fingerprint(step.out_mapping)
     return step
 

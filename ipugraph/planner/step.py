@@ -129,8 +129,11 @@ def evaluate(index: int, group: Group, space, part: Partition, repeats: int, tar
     sizes = table[:, 1::2] - table[:, 0::2]
     work, in_b, w_b, out_b = (np.asarray(a, np.float64) for a in space.slice_cost(sizes))
     cyc = costmodel.vertex_cycles(space, target, dtype, work)
+    out_region, ins = space.boxes(table)
     if target.memory_is_cache:
-        cyc = cyc + np.maximum(in_b + w_b + out_b - target.bytes_per_tile, 0) \
+        stream = costmodel.weight_stream(target, ins, slot, w_b)
+        # activations beyond L2 spill; weights are streamed (their bytes counted once above)
+        cyc = cyc + (np.maximum(in_b + out_b - target.bytes_per_tile, 0) + stream) \
             / target.spill_bytes_per_cycle
     comp = np.bincount(slot, weights=cyc, minlength=repeats * T).reshape(repeats, T)
     if space.codelet == "worker":
@@ -138,7 +141,6 @@ def evaluate(index: int, group: Group, space, part: Partition, repeats: int, tar
         np.maximum.at(longest, slot, cyc)
         comp = np.maximum(comp / target.worker_threads, longest.reshape(repeats, T))
 
-    out_region, ins = space.boxes(table)
     p_cols = [i for i, d in enumerate(part.dims) if d in space.reduce_dims]
     P = int(np.prod([part.splits[i] for i in p_cols])) if p_cols else 1
     chan = Region(out_region.vid, out_region.lo[:, 1:2], out_region.hi[:, 1:2])

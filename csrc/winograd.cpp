@@ -1,0 +1,409 @@
+// Winograd F(4x4, 3x3) convolution for 3x3 stride-1 convs, NHWC activations.
+//
+// Y = A^T [ (G g G^T) (.) (B^T d B) ] A over 6x6 input tiles d (stride 4) gives 4x4 outputs
+// with 36 multiplications per (tile, in-channel, out-channel) instead of 144: the transformed
+// product is 36 independent GEMMs [tiles x C] . [C x K], one per position xi of the 6x6 tile
+// (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016; interpolation
+// points 0, +-1, +-2 and infinity, the standard choice for F(4, 3): fp32 error ~5e-6 relative).
+//
+// Layouts:
+//   U (winograd_weights, once per weight) [36][KB][C][16]: for position xi and 16-channel output
+//       block kb, the C rows of 16 lanes the microkernel streams (as pack_conv_weight's rows).
+//   V (per thread, per block of TB tiles)  [36][TB][Cp]: the input transform, channels last.
+//   M (per thread, per 64 output channels) [36][TB/6][4][6][16]: the GEMM results before
+//       A^T . A, each group of 6 tiles in the microkernel's own accumulator layout.
+// Per vertex (a box of output pixels and channels, as conv2d_nhwc's) the tiles overlapping the
+// box are taken TB at a time: transform their inputs into V (L2-resident), then for every chunk
+// of up to 64 output channels run the 36 GEMMs with the shared microkernel (common.h: 6 tiles x
+// 4 blocks per call, the reduction over C), inverse-transform and apply the epilogue (bias,
+// residual, ReLU, then a fused pointwise program) on the pixels of the box. U is streamed once
+// per tile block: TB is as large as L2 allows, and the planner's cost model (ops/conv.py) counts
+// that traffic when it chooses between this and the direct conv.
+//
+// The transforms run on 16 channels at a time in one vector type (V16: one zmm, two ymm, or a
+// portable loop), so the AVX-512, AVX2 and portable builds share this code.
+#include "pointwise.h"
+
+#include <memory>
+#include <optional>
+#include <pybind11/stl.h>
+
+namespace ipugraph {
+
+namespace {
+
+constexpr int kA = 6;       // input tile side (alpha)
+constexpr int kM = 4;       // output tile side
+constexpr int kXi = kA * kA;
+constexpr int kChunk = kMaxNB * kBlock;  // output channels per GEMM pass
+
+// 16 float lanes.
+struct V16 {
+#if defined(IPUGRAPH_AVX512)
+  __m512 v;
+  static V16 load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static V16 zero() { return {_mm512_setzero_ps()}; }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  friend V16 operator+(V16 a, V16 b) { return {_mm512_add_ps(a.v, b.v)}; }
+  friend V16 operator-(V16 a, V16 b) { return {_mm512_sub_ps(a.v, b.v)}; }
+  // a * s + b
+  static V16 fma(V16 a, float s, V16 b) { return {_mm512_fmadd_ps(a.v, _mm512_set1_ps(s), b.v)}; }
+#elif defined(IPUGRAPH_AVX2)
+  __m256 lo, hi;
+  static V16 load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+  static V16 zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+  void store(float* p) const { _mm256_storeu_ps(p, lo); _mm256_storeu_ps(p + 8, hi); }
+  friend V16 operator+(V16 a, V16 b) {
+    return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)};
+  }
+  friend V16 operator-(V16 a, V16 b) {
+    return {_mm256_sub_ps(a.lo, b.lo), _mm256_sub_ps(a.hi, b.hi)};
+  }
+  static V16 fma(V16 a, float s, V16 b) {
+    const __m256 k = _mm256_set1_ps(s);
+    return {_mm256_fmadd_ps(a.lo, k, b.lo), _mm256_fmadd_ps(a.hi, k, b.hi)};
+  }
+#else
+  float v[16];
+  static V16 load(const float* p) { V16 r; for (int l = 0; l < 16; ++l) r.v[l] = p[l]; return r; }
+  static V16 zero() { V16 r; for (float& f : r.v) f = 0.f; return r; }
+  void store(float* p) const { for (int l = 0; l < 16; ++l) p[l] = v[l]; }
+  friend V16 operator+(V16 a, V16 b) { for (int l = 0; l < 16; ++l) a.v[l] += b.v[l]; return a; }
+  friend V16 operator-(V16 a, V16 b) { for (int l = 0; l < 16; ++l) a.v[l] -= b.v[l]; return a; }
+  static V16 fma(V16 a, float s, V16 b) {
+    for (int l = 0; l < 16; ++l) b.v[l] += a.v[l] * s;
+    return b;
+  }
+#endif
+};
+
+// B^T d for one column d[0..5] (stride-free): the six rows of the input transform.
+inline void bt6(const V16* d, V16* r) {
+  const V16 d4m2 = d[4] - d[2], d3m1 = d[3] - d[1];
+  r[0] = V16::fma(d[2], -5.f, V16::fma(d[0], 4.f, d[4]));
+  r[1] = V16::fma(d[1] + d[2], -4.f, d[3] + d[4]);
+  r[2] = V16::fma(d[1] - d[2], 4.f, d[4] - d[3]);
+  r[3] = V16::fma(d3m1, 2.f, d4m2);
+  r[4] = V16::fma(d3m1, -2.f, d4m2);
+  r[5] = V16::fma(d[3], -5.f, V16::fma(d[1], 4.f, d[5]));
+}
+
+// A^T m for one column m[0..5]: the four output rows.
+inline void at6(const V16* m, V16* y) {
+  const V16 s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
+  y[0] = m[0] + s12 + s34;
+  y[1] = V16::fma(d34, 2.f, d12);
+  y[2] = V16::fma(s34, 4.f, s12);
+  y[3] = V16::fma(d34, 8.f, d12) + m[5];
+}
+
+struct WGeom {
+  int64_t N, H, W, C, K, OH, OW, ph, pw, KB, Cp, TH, TW;
+};
+
+// Per-thread buffers, allocated with the GIL held.
+struct WScratch {
+  std::unique_ptr<float[]> V, M, acc;   // uninitialised: every element is written before read
+};
+
+// Input transform of tile (n, th, tw) into V[xi][slot][:] (xi stride vstride).
+void input_tile(const WGeom& g, const float* x, const float* zeros, int64_t n, int64_t th,
+                int64_t tw, float* V, int64_t vstride, float* tmp) {
+  const int64_t ih0 = th * kM - g.ph, iw0 = tw * kM - g.pw;
+  const float* px[kXi];
+  for (int i = 0; i < kA; ++i)
+    for (int j = 0; j < kA; ++j) {
+      const int64_t ih = ih0 + i, iw = iw0 + j;
+      px[i * kA + j] = (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
+                           ? x + ((n * g.H + ih) * g.W + iw) * g.C : zeros;
+    }
+  alignas(64) float tail[kXi * 16];
+  for (int64_t c = 0; c < g.C; c += 16) {
+    const float* src[kXi];
+    if (c + 16 <= g.C) {
+      for (int q = 0; q < kXi; ++q) src[q] = px[q] + c;
+    } else {  // channel tail: zero-padded copies
+      const int64_t nc = g.C - c;
+      for (int q = 0; q < kXi; ++q) {
+        float* t = tail + q * 16;
+        for (int l = 0; l < 16; ++l) t[l] = l < nc ? px[q][c + l] : 0.f;
+        src[q] = t;
+      }
+    }
+    V16 col[kA], r[kA];
+    for (int j = 0; j < kA; ++j) {  // rows of B^T d, column by column, into tmp[i][j]
+      for (int i = 0; i < kA; ++i) col[i] = V16::load(src[i * kA + j]);
+      bt6(col, r);
+      for (int i = 0; i < kA; ++i) r[i].store(tmp + (i * kA + j) * 16);
+    }
+    for (int i = 0; i < kA; ++i) {  // (B^T d) B, row by row, into V
+      for (int j = 0; j < kA; ++j) col[j] = V16::load(tmp + (i * kA + j) * 16);
+      bt6(col, r);
+      for (int j = 0; j < kA; ++j) r[j].store(V + (i * kA + j) * vstride + c);
+    }
+  }
+}
+
+// Tiles per block for a vertex of `tiles` tiles and `kv` output channels. U (36 x C x kv
+// floats) is streamed once per block, V (36 x TB x Cp) is re-read once per 64-channel chunk:
+// keep V within ~1 MiB of the core's L2 when U is small enough to stay cached too, else take
+// all the vertex's tiles at once (up to kMaxV floats of V) and stream U once, re-reading V.
+// (ops/conv.py's Winograd cost model makes the same choice.)
+constexpr int64_t kL2Floats = (1 << 20) / 4;
+constexpr int64_t kMaxV = (16 << 20) / 4;
+
+int64_t tile_block(const WGeom& g, int64_t tiles, int64_t kv) {
+  const int64_t small = std::clamp<int64_t>(kL2Floats / (kXi * g.Cp), kMaxPix, 8 * kMaxPix);
+  if (tiles <= small) return std::max<int64_t>(tiles, 1);
+  const int64_t u = kXi * g.C * ((kv + kBlock - 1) / kBlock * kBlock);
+  if (u <= kL2Floats) return small;
+  const int64_t all = std::max<int64_t>(kMaxPix, std::min<int64_t>(tiles, kMaxV / (kXi * g.Cp)));
+  const int64_t chunks = (kv + kChunk - 1) / kChunk;
+  const double cost_small = double((tiles + small - 1) / small) * double(u);
+  const double cost_all = double((tiles + all - 1) / all) * double(u) +
+                          double(chunks) * double(kXi * g.Cp) * double(tiles);
+  return cost_all < cost_small ? all : small;
+}
+
+int64_t vertex_tiles(const int32_t* vx) {
+  const int64_t th = (int64_t(vx[5]) + kM - 1) / kM - vx[4] / kM;
+  const int64_t tw = (int64_t(vx[7]) + kM - 1) / kM - vx[6] / kM;
+  return (vx[1] > vx[0] && vx[3] > vx[2] && vx[5] > vx[4] && vx[7] > vx[6])
+             ? int64_t(vx[1] - vx[0]) * th * tw : 0;
+}
+
+void winograd_vertex(const WGeom& g, const float* x, const float* U, const float* bias,
+                     const float* res, float* out, const int32_t* vx, const float* zeros,
+                     bool relu, WScratch& sc, const PointwiseProgram* epi, float* epi_scratch) {
+  const int64_t n0 = vx[0], n1 = vx[1], k0 = vx[2], k1 = vx[3];
+  const int64_t oh0 = vx[4], oh1 = vx[5], ow0 = vx[6], ow1 = vx[7];
+  if (n1 <= n0 || k1 <= k0 || oh1 <= oh0 || ow1 <= ow0) return;
+  const int64_t th0 = oh0 / kM, th1 = (oh1 + kM - 1) / kM;
+  const int64_t tw0 = ow0 / kM, tw1 = (ow1 + kM - 1) / kM;
+  const int64_t nth = th1 - th0, ntw = tw1 - tw0;
+  const int64_t ntiles = (n1 - n0) * nth * ntw;
+  const int64_t TB = tile_block(g, ntiles, k1 - k0);
+  // Planes 64 bytes longer than their data: 36 accesses at a stride that is a multiple of 4 KiB
+  // would all fall into one L1 set.
+  const int64_t vstride = TB * g.Cp + 16;   // floats between xi planes of V
+  const int64_t grp = kMaxNB * kAccStride;  // M: a microkernel's acc per group of 6 tiles
+  const int64_t mstride = (TB + kMaxPix - 1) / kMaxPix * grp + 16;
+  const int64_t ustride = g.KB * g.C * kBlock;
+  float* V = sc.V.get();
+  float* M = sc.M.get();
+  float* acc = sc.acc.get();                // kMaxNB * kAccStride
+  float* tmp = acc + kMaxNB * kAccStride;   // 36 * 16: the half-transformed tile
+  const float* xseg[kMaxPix];
+  const float* wseg[1];
+  alignas(64) float ytile[kM * kM * 16];
+  float* outp[kM];
+  const float* resp[kM];
+  EpilogueRuns runs(epi, epi_scratch);
+
+  for (int64_t t0 = 0; t0 < ntiles; t0 += TB) {
+    const int64_t tb = std::min(TB, ntiles - t0);
+    for (int64_t s = 0; s < tb; ++s) {
+      const int64_t q = t0 + s, n = n0 + q / (nth * ntw), r = q % (nth * ntw);
+      input_tile(g, x, zeros, n, th0 + r / ntw, tw0 + r % ntw, V + s * g.Cp, vstride, tmp);
+    }
+    // Output channels [k0, k1) in chunks of up to kMaxNB blocks.
+    for (int64_t kb0 = k0 / kBlock; kb0 * kBlock < k1; kb0 += kMaxNB) {
+      const int NB = int(std::min<int64_t>(kMaxNB, (k1 + kBlock - 1) / kBlock - kb0));
+      for (int xi = 0; xi < kXi; ++xi) {
+        wseg[0] = U + xi * ustride + kb0 * g.C * kBlock;
+        const float* vxi = V + xi * vstride;
+        float* mxi = M + xi * mstride;
+        // Groups of 6 tiles; each microkernel call leaves its acc in place as M's group.
+        for (int64_t s0 = 0; s0 < tb; s0 += kMaxPix) {
+          const int P = int(std::min<int64_t>(kMaxPix, tb - s0));
+          for (int p = 0; p < P; ++p) xseg[p] = vxi + (s0 + p) * g.Cp;
+          get_ukernel(P, NB)(wseg, g.C * kBlock, xseg, 1, int(g.C), mxi + s0 / kMaxPix * grp);
+        }
+      }
+      // Inverse transform, epilogue, store: the box's pixels of each tile.
+      for (int64_t s = 0; s < tb; ++s) {
+        const int64_t q = t0 + s, n = n0 + q / (nth * ntw), r = q % (nth * ntw);
+        const int64_t oh_t = (th0 + r / ntw) * kM, ow_t = (tw0 + r % ntw) * kM;
+        const int64_t ia = std::max(oh0, oh_t), ib = std::min(oh1, oh_t + kM);
+        const int64_t ja = std::max(ow0, ow_t), jb = std::min(ow1, ow_t + kM);
+        for (int b = 0; b < NB; ++b) {
+          const int64_t kstart = (kb0 + b) * kBlock;
+          const int lo = int(std::max<int64_t>(0, k0 - kstart));
+          const int hi = int(std::min<int64_t>(kBlock, k1 - kstart));
+          if (hi <= lo) continue;
+          V16 m[kXi], col[kA], y[kM];
+          const float* mt = M + s / kMaxPix * grp + b * kAccStride + s % kMaxPix * kBlock;
+          for (int xi = 0; xi < kXi; ++xi) m[xi] = V16::load(mt + xi * mstride);
+          V16 half[kM][kA];  // A^T m: 4 rows x 6 columns
+          for (int j = 0; j < kA; ++j) {
+            for (int i = 0; i < kA; ++i) col[i] = m[i * kA + j];
+            at6(col, y);
+            for (int i = 0; i < kM; ++i) half[i][j] = y[i];
+          }
+          for (int i = 0; i < kM; ++i) {
+            at6(half[i], y);
+            for (int j = 0; j < kM; ++j) y[j].store(ytile + (i * kM + j) * 16);
+          }
+          for (int64_t i = ia; i < ib; ++i) {
+            const int P = int(jb - ja);
+            for (int p = 0; p < P; ++p) {
+              const int64_t o = ((n * g.OH + i) * g.OW + ja + p) * g.K + kstart;
+              outp[p] = out + o;
+              resp[p] = res ? res + o : nullptr;
+            }
+            epilogue(ytile + ((i - oh_t) * kM + (ja - ow_t)) * 16, P, outp,
+                     res ? resp : nullptr, bias ? bias + kstart : nullptr, 0, lo, hi, false,
+                     relu);
+          }
+        }
+        if (epi)
+          for (int64_t i = ia; i < ib; ++i)
+            for (int64_t j = ja; j < jb; ++j) {
+              const int64_t o = ((n * g.OH + i) * g.OW + j) * g.K;
+              runs.add(o + std::max(k0, kb0 * kBlock),
+                       o + std::min(k1, (kb0 + NB) * kBlock));
+            }
+      }
+      runs.flush();
+    }
+  }
+}
+
+WGeom winograd_geom(const char* fn, const FArr& x, const FArr& U, int64_t K, int64_t pad_h,
+                    int64_t pad_w) {
+  check_ndim(x, 4, fn, "x", "[N, H, W, C]");
+  if (K < 1 || pad_h < 0 || pad_w < 0 || pad_h > 2 || pad_w > 2)
+    fail(std::string(fn) + ": need K >= 1 and pads in [0, 2], got K=" + std::to_string(K) +
+         " pad=(" + std::to_string(pad_h) + "," + std::to_string(pad_w) + ")");
+  WGeom g{};
+  g.N = x.shape(0); g.H = x.shape(1); g.W = x.shape(2); g.C = x.shape(3); g.K = K;
+  g.ph = pad_h; g.pw = pad_w;
+  g.OH = g.H + 2 * pad_h - 2; g.OW = g.W + 2 * pad_w - 2;
+  if (g.OH < 1 || g.OW < 1 || g.C < 1)
+    fail(std::string(fn) + ": a 3x3 kernel does not fit x " + shape_str(x) + " with pad (" +
+         std::to_string(pad_h) + "," + std::to_string(pad_w) + ")");
+  g.KB = (K + kBlock - 1) / kBlock;
+  g.Cp = (g.C + 15) / 16 * 16;
+  g.TH = (g.OH + kM - 1) / kM; g.TW = (g.OW + kM - 1) / kM;
+  const int64_t usize = kXi * g.KB * g.C * kBlock;
+  if (U.ndim() != 1 || U.shape(0) != usize)
+    fail(std::string(fn) + ": transformed weight U has shape " + shape_str(U) + ", expected (" +
+         std::to_string(usize) + ",) for K=" + std::to_string(K) + " C=" + std::to_string(g.C) +
+         " (use winograd_weights)");
+  return g;
+}
+
+// U = G g G^T per (k, c), stored [36][KB][C][16] (zero padded lanes). Per 16-channel output
+// block: the 9 taps packed into lane rows (pack_lanes, as pack_conv_weight), then G g G^T on
+// 16 lanes at a time, every store a whole 64-byte row.
+py::array_t<float> winograd_weights(const FArr& w, bool channels_last) {
+  const char* fn = "winograd_weights";
+  const WeightView v = weight_view(w, channels_last, fn);
+  if (v.R != 3 || v.S != 3)
+    fail(std::string(fn) + ": F(4x4, 3x3) needs a 3x3 kernel, w has shape " + shape_str(w));
+  const int64_t K = v.K, C = v.Cg, KB = (K + kBlock - 1) / kBlock;
+  float* dst = nullptr;
+  auto out = aligned_array(kXi * KB * C * kBlock, &dst, /*zero=*/false);
+  const float* src = w.data();
+  const int64_t ustride = KB * C * kBlock;
+  const int nt = max_threads();
+  std::vector<float> taps(size_t(nt) * size_t(9 * C * kBlock));
+  py::gil_scoped_release nogil;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t kb = 0; kb < KB; ++kb) {
+    float* tp = taps.data() + size_t(thread_id()) * size_t(9 * C * kBlock);
+    const int64_t n = std::min<int64_t>(kBlock, K - kb * kBlock);
+    for (int r = 0; r < 3; ++r)
+      for (int q = 0; q < 3; ++q)
+        pack_lanes(tp + (r * 3 + q) * C * kBlock, src + kb * kBlock * v.sk + r * v.sr + q * v.ss,
+                   n, v.sk, C, v.sc);
+    for (int64_t c = 0; c < C; ++c) {
+      V16 g[3][3], t[kA][3];
+      for (int r = 0; r < 3; ++r)
+        for (int q = 0; q < 3; ++q) g[r][q] = V16::load(tp + ((r * 3 + q) * C + c) * kBlock);
+      for (int q = 0; q < 3; ++q) {  // G g, column by column
+        const V16 s02 = g[0][q] + g[2][q];
+        t[0][q] = V16::fma(g[0][q], 0.25f, V16::zero());
+        t[1][q] = V16::fma(s02 + g[1][q], -1.f / 6, V16::zero());
+        t[2][q] = V16::fma(s02 - g[1][q], -1.f / 6, V16::zero());
+        const V16 a = V16::fma(g[0][q], 1.f / 24, V16::fma(g[2][q], 1.f / 6, V16::zero()));
+        t[3][q] = V16::fma(g[1][q], 1.f / 12, a);
+        t[4][q] = V16::fma(g[1][q], -1.f / 12, a);
+        t[5][q] = g[2][q];
+      }
+      float* u = dst + (kb * C + c) * kBlock;
+      for (int i = 0; i < kA; ++i) {  // (G g) G^T, row by row
+        const V16 s02 = t[i][0] + t[i][2];
+        const V16 a = V16::fma(t[i][0], 1.f / 24, V16::fma(t[i][2], 1.f / 6, V16::zero()));
+        const V16 row[kA] = {V16::fma(t[i][0], 0.25f, V16::zero()),
+                             V16::fma(s02 + t[i][1], -1.f / 6, V16::zero()),
+                             V16::fma(s02 - t[i][1], -1.f / 6, V16::zero()),
+                             V16::fma(t[i][1], 1.f / 12, a), V16::fma(t[i][1], -1.f / 12, a),
+                             t[i][2]};
+        for (int j = 0; j < kA; ++j) row[j].store(u + (i * kA + j) * ustride);
+      }
+    }
+  }
+  return out;
+}
+
+void conv2d_winograd(const FArr& x, const FArr& U, std::optional<FArr> bias,
+                     std::optional<FArr> residual, py::array out, const IArr& vertices,
+                     int64_t K, int64_t pad_h, int64_t pad_w, bool relu,
+                     const PointwiseProgram* epilogue_prog) {
+  const char* fn = "conv2d_winograd";
+  float* o = out_ptr(out, fn);
+  const WGeom g = winograd_geom(fn, x, U, K, pad_h, pad_w);
+  check_ndim(out, 4, fn, "out", "[N, OH, OW, K]");
+  if (out.shape(0) != g.N || out.shape(1) != g.OH || out.shape(2) != g.OW || out.shape(3) != K)
+    fail(std::string(fn) + ": out has shape " + shape_str(out) + ", expected (" +
+         std::to_string(g.N) + ", " + std::to_string(g.OH) + ", " + std::to_string(g.OW) +
+         ", " + std::to_string(K) + ") for x " + shape_str(x));
+  check_bias_residual(fn, bias, residual, out, K);
+  check_no_overlap(fn, out, x, "x");
+  const py::ssize_t V = check_vertices(vertices, 8, fn);
+  check_nhwc_boxes(vertices, g.N, K, g.OH, g.OW, fn);
+  check_epilogue(fn, epilogue_prog, out);
+
+  // Scratch for the largest tile block any vertex takes.
+  int64_t TB = 1;
+  for (py::ssize_t v = 0; v < V; ++v) {
+    const int32_t* row = vertices.data() + 8 * v;
+    TB = std::max(TB, tile_block(g, vertex_tiles(row), int64_t(row[3]) - row[2]));
+  }
+  const int nt = max_threads();
+  std::vector<WScratch> scratch(static_cast<size_t>(nt));
+  for (auto& s : scratch) {
+    s.V.reset(new float[size_t(kXi * (TB * g.Cp + 16))]);
+    s.M.reset(new float[size_t(kXi * ((TB + kMaxPix - 1) / kMaxPix * kMaxNB * kAccStride + 16))]);
+    s.acc.reset(new float[size_t(kMaxNB * kAccStride + kXi * 16)]);
+  }
+  std::vector<float> zeros(size_t(g.Cp) + 16, 0.f);
+  const int64_t per = epilogue_prog ? epilogue_prog->scratch_floats() : 0;
+  std::vector<float> epi_scratch(size_t(per) * size_t(nt));
+  const float* xp = x.data();
+  const float* up = U.data();
+  const float* bp = bias ? bias->data() : nullptr;
+  const float* rp = residual ? residual->data() : nullptr;
+  for_each_vertex(vertices.data(), V, 8, [&](const int32_t* row, int t) {
+    winograd_vertex(g, xp, up, bp, rp, o, row, zeros.data(), relu, scratch[size_t(t)],
+                    epilogue_prog, epi_scratch.data() + per * t);
+  });
+}
+
+}  // namespace
+
+void register_winograd(py::module& m) {
+  m.def("winograd_weights", &winograd_weights, py::arg("w"), py::arg("channels_last") = false,
+        "Transform a 3x3 weight w[K, C, 3, 3] (or, channels_last, its [K, 3, 3, C] storage) "
+        "for F(4x4, 3x3): U = G w G^T per (k, c), computed in double, stored "
+        "[36][ceil(K/16)][C][16] (1-D, zero padded) for conv2d_winograd.");
+  m.def("conv2d_winograd", &conv2d_winograd, py::arg("x"), py::arg("U"), py::arg("bias"),
+        py::arg("residual"), py::arg("out"), py::arg("vertices"), py::arg("K"),
+        py::arg("pad_h"), py::arg("pad_w"), py::arg("relu"), py::arg("epilogue") = nullptr,
+        "3x3 stride-1 conv by Winograd F(4x4, 3x3): out[N, OH, OW, K] (NHWC) = act(bias + "
+        "conv(x, w) + residual) for every vertex row (n0,n1,k0,k1,oh0,oh1,ow0,ow1), U from "
+        "winograd_weights; then the fused pointwise epilogue program, if any.");
+}
+
+}  // namespace ipugraph
