@@ -1,8 +1,8 @@
 """Per-layer roofline table: ResNet-34's distinct conv layers, each method, against torch.
 
 For every distinct conv shape of ResNet-34 at the given batch (bench/resnet34_shapes.py) and
-every method the planner can compute it with on this host (direct; winograd for the 3x3
-stride-1 layers), the layer is planned alone with that method (ig.plan(..., methods=...)),
+every method the planner can compute it with on this host (direct; Winograd F(4x4) and F(2x2)
+for the 3x3 stride-1 layers), the layer is planned alone with that method (ig.plan(..., methods=...)),
 compiled on the cpu backend and its compute set timed (Engine.run(profile=True): the kernel
 alone, not the feed copy), each method in its own block; torch's F.conv2d on channels_last
 input is timed on the same shape and threads. Columns:
@@ -41,7 +41,7 @@ from ipugraph import _C  # noqa: E402
 from ipugraph.benchmark import OtherLoad, cpu_model  # noqa: E402
 from resnet34_shapes import SHAPES  # noqa: E402
 
-METHODS = ("direct", "winograd")
+METHODS = ("direct", "winograd4x4", "winograd2x2")
 
 
 def l3_bytes() -> int:
@@ -90,7 +90,7 @@ def main() -> int:
         import torch
         import torch.nn.functional as F
         torch.set_num_threads(threads)
-    head = (f"{'layer':18s} {'GMACs':>6s} {'method':>9s} {'ms':>7s} {'GFLOP/s':>8s} "
+    head = (f"{'layer':18s} {'GMACs':>6s} {'method':>11s} {'ms':>7s} {'GFLOP/s':>8s} "
             f"{'%peak':>6s} {'model ms':>9s} {'chosen':>7s} {'torch ms':>9s} {'GFLOP/s':>8s}")
     print(head)
     print("-" * len(head))
@@ -142,7 +142,7 @@ def main() -> int:
                    "other_processes_cores": others}
             rows.append(row)
             tt = "" if t_torch is None else f"{t_torch * 1e3:9.2f} {2 * macs / t_torch / 1e9:8.0f}"
-            print(f"{name:18s} {macs / 1e9:6.3f} {method:>9s} {t * 1e3:7.2f} {gf:8.0f} "
+            print(f"{name:18s} {macs / 1e9:6.3f} {method:>11s} {t * 1e3:7.2f} {gf:8.0f} "
                   f"{100 * gf / peak:6.0f} {model * 1e3:9.2f} {'*' if chosen == method else '':>7s} "
                   + tt + ("  BUSY" if others is not None and others >= 0.25 else ""))
     # the network's conv time as the planner's choices would run it, layer times x occurrences

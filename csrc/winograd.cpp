@@ -1,12 +1,15 @@
-// Winograd F(4x4, 3x3) convolution for 3x3 stride-1 convs, NHWC activations.
+// Winograd F(4x4, 3x3) and F(2x2, 3x3) convolution for 3x3 stride-1 convs, NHWC activations.
 //
-// Y = A^T [ (G g G^T) (.) (B^T d B) ] A over 6x6 input tiles d (stride 4) gives 4x4 outputs
-// with 36 multiplications per (tile, in-channel, out-channel) instead of 144: the transformed
-// product is 36 independent GEMMs [tiles x C] . [C x K], one per position xi of the 6x6 tile
-// (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016; interpolation
-// points 0, +-1, +-2 and infinity, the standard choice for F(4, 3): fp32 error ~5e-6 relative).
+// Y = A^T [ (G g G^T) (.) (B^T d B) ] A over a x a input tiles d (a = m + 2, stride m) gives
+// m x m outputs with a^2 multiplications per (tile, in-channel, out-channel) instead of 9 m^2:
+// the transformed product is a^2 independent GEMMs [tiles x C] . [C x K], one per position xi
+// of the tile (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016).
+// F(4x4) (a = 6, points 0, +-1, +-2, infinity; fp32 error ~5e-6 relative) does 4x fewer
+// multiplications but its transformed weights are 4x the weights; F(2x2) (a = 4, points 0, +-1,
+// infinity; exact but for rounding) does 2.25x fewer with 16/9 the weights: the planner takes it
+// where weight traffic dominates (batch 1, deep layers).
 //
-// Layouts:
+// Layouts (shown for F(4x4): 36 positions):
 //   U (winograd_weights, once per weight) [36][KB][C][16]: for position xi and 16-channel output
 //       block kb, the C rows of 16 lanes the microkernel streams (as pack_conv_weight's rows).
 //   V (per thread, per block of TB tiles)  [36][TB][Cp]: the input transform, channels last.
@@ -32,9 +35,6 @@ namespace ipugraph {
 
 namespace {
 
-constexpr int kA = 6;       // input tile side (alpha)
-constexpr int kM = 4;       // output tile side
-constexpr int kXi = kA * kA;
 constexpr int kChunk = kMaxNB * kBlock;  // output channels per GEMM pass
 
 // 16 float lanes.
@@ -77,25 +77,65 @@ struct V16 {
 #endif
 };
 
-// B^T d for one column d[0..5] (stride-free): the six rows of the input transform.
-inline void bt6(const V16* d, V16* r) {
-  const V16 d4m2 = d[4] - d[2], d3m1 = d[3] - d[1];
-  r[0] = V16::fma(d[2], -5.f, V16::fma(d[0], 4.f, d[4]));
-  r[1] = V16::fma(d[1] + d[2], -4.f, d[3] + d[4]);
-  r[2] = V16::fma(d[1] - d[2], 4.f, d[4] - d[3]);
-  r[3] = V16::fma(d3m1, 2.f, d4m2);
-  r[4] = V16::fma(d3m1, -2.f, d4m2);
-  r[5] = V16::fma(d[3], -5.f, V16::fma(d[1], 4.f, d[5]));
-}
+// The transforms of F(m x m, 3x3), a = m + 2, on one column of 16 lanes.
+template <int Mt>
+struct Wino;
 
-// A^T m for one column m[0..5]: the four output rows.
-inline void at6(const V16* m, V16* y) {
-  const V16 s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
-  y[0] = m[0] + s12 + s34;
-  y[1] = V16::fma(d34, 2.f, d12);
-  y[2] = V16::fma(s34, 4.f, s12);
-  y[3] = V16::fma(d34, 8.f, d12) + m[5];
-}
+template <>
+struct Wino<4> {
+  static constexpr int A = 6;
+  // B^T d: the six rows of the input transform.
+  static void bt(const V16* d, V16* r) {
+    const V16 d4m2 = d[4] - d[2], d3m1 = d[3] - d[1];
+    r[0] = V16::fma(d[2], -5.f, V16::fma(d[0], 4.f, d[4]));
+    r[1] = V16::fma(d[1] + d[2], -4.f, d[3] + d[4]);
+    r[2] = V16::fma(d[1] - d[2], 4.f, d[4] - d[3]);
+    r[3] = V16::fma(d3m1, 2.f, d4m2);
+    r[4] = V16::fma(d3m1, -2.f, d4m2);
+    r[5] = V16::fma(d[3], -5.f, V16::fma(d[1], 4.f, d[5]));
+  }
+  // A^T m: the four output rows.
+  static void at(const V16* m, V16* y) {
+    const V16 s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
+    y[0] = m[0] + s12 + s34;
+    y[1] = V16::fma(d34, 2.f, d12);
+    y[2] = V16::fma(s34, 4.f, s12);
+    y[3] = V16::fma(d34, 8.f, d12) + m[5];
+  }
+  // G g: the six rows of the weight transform.
+  static void gt(const V16* g, V16* t) {
+    const V16 s02 = g[0] + g[2];
+    const V16 a = V16::fma(g[0], 1.f / 24, V16::fma(g[2], 1.f / 6, V16::zero()));
+    t[0] = V16::fma(g[0], 0.25f, V16::zero());
+    t[1] = V16::fma(s02 + g[1], -1.f / 6, V16::zero());
+    t[2] = V16::fma(s02 - g[1], -1.f / 6, V16::zero());
+    t[3] = V16::fma(g[1], 1.f / 12, a);
+    t[4] = V16::fma(g[1], -1.f / 12, a);
+    t[5] = g[2];
+  }
+};
+
+template <>
+struct Wino<2> {
+  static constexpr int A = 4;
+  static void bt(const V16* d, V16* r) {
+    r[0] = d[0] - d[2];
+    r[1] = d[1] + d[2];
+    r[2] = d[2] - d[1];
+    r[3] = d[1] - d[3];
+  }
+  static void at(const V16* m, V16* y) {
+    y[0] = m[0] + m[1] + m[2];
+    y[1] = m[1] - m[2] - m[3];
+  }
+  static void gt(const V16* g, V16* t) {
+    const V16 s02 = g[0] + g[2];
+    t[0] = g[0];
+    t[1] = V16::fma(s02 + g[1], 0.5f, V16::zero());
+    t[2] = V16::fma(s02 - g[1], 0.5f, V16::zero());
+    t[3] = g[2];
+  }
+};
 
 struct WGeom {
   int64_t N, H, W, C, K, OH, OW, ph, pw, KB, Cp, TH, TW;
@@ -107,39 +147,41 @@ struct WScratch {
 };
 
 // Input transform of tile (n, th, tw) into V[xi][slot][:] (xi stride vstride).
+template <int Mt>
 void input_tile(const WGeom& g, const float* x, const float* zeros, int64_t n, int64_t th,
                 int64_t tw, float* V, int64_t vstride, float* tmp) {
-  const int64_t ih0 = th * kM - g.ph, iw0 = tw * kM - g.pw;
-  const float* px[kXi];
-  for (int i = 0; i < kA; ++i)
-    for (int j = 0; j < kA; ++j) {
+  constexpr int A = Wino<Mt>::A, XI = A * A;
+  const int64_t ih0 = th * Mt - g.ph, iw0 = tw * Mt - g.pw;
+  const float* px[XI];
+  for (int i = 0; i < A; ++i)
+    for (int j = 0; j < A; ++j) {
       const int64_t ih = ih0 + i, iw = iw0 + j;
-      px[i * kA + j] = (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
-                           ? x + ((n * g.H + ih) * g.W + iw) * g.C : zeros;
+      px[i * A + j] = (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
+                          ? x + ((n * g.H + ih) * g.W + iw) * g.C : zeros;
     }
-  alignas(64) float tail[kXi * 16];
+  alignas(64) float tail[XI * 16];
   for (int64_t c = 0; c < g.C; c += 16) {
-    const float* src[kXi];
+    const float* src[XI];
     if (c + 16 <= g.C) {
-      for (int q = 0; q < kXi; ++q) src[q] = px[q] + c;
+      for (int q = 0; q < XI; ++q) src[q] = px[q] + c;
     } else {  // channel tail: zero-padded copies
       const int64_t nc = g.C - c;
-      for (int q = 0; q < kXi; ++q) {
+      for (int q = 0; q < XI; ++q) {
         float* t = tail + q * 16;
         for (int l = 0; l < 16; ++l) t[l] = l < nc ? px[q][c + l] : 0.f;
         src[q] = t;
       }
     }
-    V16 col[kA], r[kA];
-    for (int j = 0; j < kA; ++j) {  // rows of B^T d, column by column, into tmp[i][j]
-      for (int i = 0; i < kA; ++i) col[i] = V16::load(src[i * kA + j]);
-      bt6(col, r);
-      for (int i = 0; i < kA; ++i) r[i].store(tmp + (i * kA + j) * 16);
+    V16 col[A], r[A];
+    for (int j = 0; j < A; ++j) {  // rows of B^T d, column by column, into tmp[i][j]
+      for (int i = 0; i < A; ++i) col[i] = V16::load(src[i * A + j]);
+      Wino<Mt>::bt(col, r);
+      for (int i = 0; i < A; ++i) r[i].store(tmp + (i * A + j) * 16);
     }
-    for (int i = 0; i < kA; ++i) {  // (B^T d) B, row by row, into V
-      for (int j = 0; j < kA; ++j) col[j] = V16::load(tmp + (i * kA + j) * 16);
-      bt6(col, r);
-      for (int j = 0; j < kA; ++j) r[j].store(V + (i * kA + j) * vstride + c);
+    for (int i = 0; i < A; ++i) {  // (B^T d) B, row by row, into V
+      for (int j = 0; j < A; ++j) col[j] = V16::load(tmp + (i * A + j) * 16);
+      Wino<Mt>::bt(col, r);
+      for (int j = 0; j < A; ++j) r[j].store(V + (i * A + j) * vstride + c);
     }
   }
 }
@@ -152,29 +194,31 @@ void input_tile(const WGeom& g, const float* x, const float* zeros, int64_t n, i
 constexpr int64_t kL2Floats = (1 << 20) / 4;
 constexpr int64_t kMaxV = (16 << 20) / 4;
 
-int64_t tile_block(const WGeom& g, int64_t tiles, int64_t kv) {
-  const int64_t small = std::clamp<int64_t>(kL2Floats / (kXi * g.Cp), kMaxPix, 8 * kMaxPix);
+int64_t tile_block(const WGeom& g, int64_t xis, int64_t tiles, int64_t kv) {
+  const int64_t small = std::clamp<int64_t>(kL2Floats / (xis * g.Cp), kMaxPix, 8 * kMaxPix);
   if (tiles <= small) return std::max<int64_t>(tiles, 1);
-  const int64_t u = kXi * g.C * ((kv + kBlock - 1) / kBlock * kBlock);
+  const int64_t u = xis * g.C * ((kv + kBlock - 1) / kBlock * kBlock);
   if (u <= kL2Floats) return small;
-  const int64_t all = std::max<int64_t>(kMaxPix, std::min<int64_t>(tiles, kMaxV / (kXi * g.Cp)));
+  const int64_t all = std::max<int64_t>(kMaxPix, std::min<int64_t>(tiles, kMaxV / (xis * g.Cp)));
   const int64_t chunks = (kv + kChunk - 1) / kChunk;
   const double cost_small = double((tiles + small - 1) / small) * double(u);
   const double cost_all = double((tiles + all - 1) / all) * double(u) +
-                          double(chunks) * double(kXi * g.Cp) * double(tiles);
+                          double(chunks) * double(xis * g.Cp) * double(tiles);
   return cost_all < cost_small ? all : small;
 }
 
-int64_t vertex_tiles(const int32_t* vx) {
-  const int64_t th = (int64_t(vx[5]) + kM - 1) / kM - vx[4] / kM;
-  const int64_t tw = (int64_t(vx[7]) + kM - 1) / kM - vx[6] / kM;
+int64_t vertex_tiles(const int32_t* vx, int64_t m) {
+  const int64_t th = (int64_t(vx[5]) + m - 1) / m - vx[4] / m;
+  const int64_t tw = (int64_t(vx[7]) + m - 1) / m - vx[6] / m;
   return (vx[1] > vx[0] && vx[3] > vx[2] && vx[5] > vx[4] && vx[7] > vx[6])
              ? int64_t(vx[1] - vx[0]) * th * tw : 0;
 }
 
+template <int Mt>
 void winograd_vertex(const WGeom& g, const float* x, const float* U, const float* bias,
                      const float* res, float* out, const int32_t* vx, const float* zeros,
                      bool relu, WScratch& sc, const PointwiseProgram* epi, float* epi_scratch) {
+  constexpr int kM = Mt, kA = Wino<Mt>::A, kXi = kA * kA;
   const int64_t n0 = vx[0], n1 = vx[1], k0 = vx[2], k1 = vx[3];
   const int64_t oh0 = vx[4], oh1 = vx[5], ow0 = vx[6], ow1 = vx[7];
   if (n1 <= n0 || k1 <= k0 || oh1 <= oh0 || ow1 <= ow0) return;
@@ -182,7 +226,7 @@ void winograd_vertex(const WGeom& g, const float* x, const float* U, const float
   const int64_t tw0 = ow0 / kM, tw1 = (ow1 + kM - 1) / kM;
   const int64_t nth = th1 - th0, ntw = tw1 - tw0;
   const int64_t ntiles = (n1 - n0) * nth * ntw;
-  const int64_t TB = tile_block(g, ntiles, k1 - k0);
+  const int64_t TB = tile_block(g, kXi, ntiles, k1 - k0);
   // Planes 64 bytes longer than their data: 36 accesses at a stride that is a multiple of 4 KiB
   // would all fall into one L1 set.
   const int64_t vstride = TB * g.Cp + 16;   // floats between xi planes of V
@@ -192,7 +236,7 @@ void winograd_vertex(const WGeom& g, const float* x, const float* U, const float
   float* V = sc.V.get();
   float* M = sc.M.get();
   float* acc = sc.acc.get();                // kMaxNB * kAccStride
-  float* tmp = acc + kMaxNB * kAccStride;   // 36 * 16: the half-transformed tile
+  float* tmp = acc + kMaxNB * kAccStride;   // a^2 x 16: the half-transformed tile
   const float* xseg[kMaxPix];
   const float* wseg[1];
   alignas(64) float ytile[kM * kM * 16];
@@ -204,7 +248,7 @@ void winograd_vertex(const WGeom& g, const float* x, const float* U, const float
     const int64_t tb = std::min(TB, ntiles - t0);
     for (int64_t s = 0; s < tb; ++s) {
       const int64_t q = t0 + s, n = n0 + q / (nth * ntw), r = q % (nth * ntw);
-      input_tile(g, x, zeros, n, th0 + r / ntw, tw0 + r % ntw, V + s * g.Cp, vstride, tmp);
+      input_tile<Mt>(g, x, zeros, n, th0 + r / ntw, tw0 + r % ntw, V + s * g.Cp, vstride, tmp);
     }
     // Output channels [k0, k1) in chunks of up to kMaxNB blocks.
     for (int64_t kb0 = k0 / kBlock; kb0 * kBlock < k1; kb0 += kMaxNB) {
@@ -234,14 +278,14 @@ void winograd_vertex(const WGeom& g, const float* x, const float* U, const float
           V16 m[kXi], col[kA], y[kM];
           const float* mt = M + s / kMaxPix * grp + b * kAccStride + s % kMaxPix * kBlock;
           for (int xi = 0; xi < kXi; ++xi) m[xi] = V16::load(mt + xi * mstride);
-          V16 half[kM][kA];  // A^T m: 4 rows x 6 columns
+          V16 half[kM][kA];  // A^T m: m rows x a columns
           for (int j = 0; j < kA; ++j) {
             for (int i = 0; i < kA; ++i) col[i] = m[i * kA + j];
-            at6(col, y);
+            Wino<Mt>::at(col, y);
             for (int i = 0; i < kM; ++i) half[i][j] = y[i];
           }
           for (int i = 0; i < kM; ++i) {
-            at6(half[i], y);
+            Wino<Mt>::at(half[i], y);
             for (int j = 0; j < kM; ++j) y[j].store(ytile + (i * kM + j) * 16);
           }
           for (int64_t i = ia; i < ib; ++i) {
@@ -269,8 +313,16 @@ void winograd_vertex(const WGeom& g, const float* x, const float* U, const float
   }
 }
 
+void check_tile(const char* fn, int64_t tile) {
+  if (tile != 2 && tile != 4)
+    fail(std::string(fn) + ": tile must be 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)), got " +
+         std::to_string(tile));
+}
+
 WGeom winograd_geom(const char* fn, const FArr& x, const FArr& U, int64_t K, int64_t pad_h,
-                    int64_t pad_w) {
+                    int64_t pad_w, int64_t tile) {
+  check_tile(fn, tile);
+  const int64_t xis = (tile + 2) * (tile + 2);
   check_ndim(x, 4, fn, "x", "[N, H, W, C]");
   if (K < 1 || pad_h < 0 || pad_w < 0 || pad_h > 2 || pad_w > 2)
     fail(std::string(fn) + ": need K >= 1 and pads in [0, 2], got K=" + std::to_string(K) +
@@ -284,76 +336,77 @@ WGeom winograd_geom(const char* fn, const FArr& x, const FArr& U, int64_t K, int
          std::to_string(pad_h) + "," + std::to_string(pad_w) + ")");
   g.KB = (K + kBlock - 1) / kBlock;
   g.Cp = (g.C + 15) / 16 * 16;
-  g.TH = (g.OH + kM - 1) / kM; g.TW = (g.OW + kM - 1) / kM;
-  const int64_t usize = kXi * g.KB * g.C * kBlock;
+  g.TH = (g.OH + tile - 1) / tile; g.TW = (g.OW + tile - 1) / tile;
+  const int64_t usize = xis * g.KB * g.C * kBlock;
   if (U.ndim() != 1 || U.shape(0) != usize)
     fail(std::string(fn) + ": transformed weight U has shape " + shape_str(U) + ", expected (" +
-         std::to_string(usize) + ",) for K=" + std::to_string(K) + " C=" + std::to_string(g.C) +
-         " (use winograd_weights)");
+         std::to_string(usize) + ",) for F(" + std::to_string(tile) + "x" +
+         std::to_string(tile) + ", 3x3), K=" + std::to_string(K) + " C=" + std::to_string(g.C) +
+         " (use winograd_weights with the same tile)");
   return g;
 }
 
-// U = G g G^T per (k, c), stored [36][KB][C][16] (zero padded lanes). Per 16-channel output
+// U = G g G^T per (k, c), stored [a^2][KB][C][16] (zero padded lanes). Per 16-channel output
 // block: the 9 taps packed into lane rows (pack_lanes, as pack_conv_weight), then G g G^T on
 // 16 lanes at a time, every store a whole 64-byte row.
-py::array_t<float> winograd_weights(const FArr& w, bool channels_last) {
-  const char* fn = "winograd_weights";
-  const WeightView v = weight_view(w, channels_last, fn);
-  if (v.R != 3 || v.S != 3)
-    fail(std::string(fn) + ": F(4x4, 3x3) needs a 3x3 kernel, w has shape " + shape_str(w));
+template <int Mt>
+void transform_weights(const WeightView& v, const float* src, float* dst, float* taps) {
+  constexpr int A = Wino<Mt>::A;
   const int64_t K = v.K, C = v.Cg, KB = (K + kBlock - 1) / kBlock;
-  float* dst = nullptr;
-  auto out = aligned_array(kXi * KB * C * kBlock, &dst, /*zero=*/false);
-  const float* src = w.data();
   const int64_t ustride = KB * C * kBlock;
-  const int nt = max_threads();
-  std::vector<float> taps(size_t(nt) * size_t(9 * C * kBlock));
-  py::gil_scoped_release nogil;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t kb = 0; kb < KB; ++kb) {
-    float* tp = taps.data() + size_t(thread_id()) * size_t(9 * C * kBlock);
+    float* tp = taps + size_t(thread_id()) * size_t(9 * C * kBlock);
     const int64_t n = std::min<int64_t>(kBlock, K - kb * kBlock);
     for (int r = 0; r < 3; ++r)
       for (int q = 0; q < 3; ++q)
         pack_lanes(tp + (r * 3 + q) * C * kBlock, src + kb * kBlock * v.sk + r * v.sr + q * v.ss,
                    n, v.sk, C, v.sc);
     for (int64_t c = 0; c < C; ++c) {
-      V16 g[3][3], t[kA][3];
-      for (int r = 0; r < 3; ++r)
-        for (int q = 0; q < 3; ++q) g[r][q] = V16::load(tp + ((r * 3 + q) * C + c) * kBlock);
+      V16 col[3], t[A][3], row[A], u3[3];
       for (int q = 0; q < 3; ++q) {  // G g, column by column
-        const V16 s02 = g[0][q] + g[2][q];
-        t[0][q] = V16::fma(g[0][q], 0.25f, V16::zero());
-        t[1][q] = V16::fma(s02 + g[1][q], -1.f / 6, V16::zero());
-        t[2][q] = V16::fma(s02 - g[1][q], -1.f / 6, V16::zero());
-        const V16 a = V16::fma(g[0][q], 1.f / 24, V16::fma(g[2][q], 1.f / 6, V16::zero()));
-        t[3][q] = V16::fma(g[1][q], 1.f / 12, a);
-        t[4][q] = V16::fma(g[1][q], -1.f / 12, a);
-        t[5][q] = g[2][q];
+        for (int r = 0; r < 3; ++r) col[r] = V16::load(tp + ((r * 3 + q) * C + c) * kBlock);
+        V16 out[A];
+        Wino<Mt>::gt(col, out);
+        for (int i = 0; i < A; ++i) t[i][q] = out[i];
       }
       float* u = dst + (kb * C + c) * kBlock;
-      for (int i = 0; i < kA; ++i) {  // (G g) G^T, row by row
-        const V16 s02 = t[i][0] + t[i][2];
-        const V16 a = V16::fma(t[i][0], 1.f / 24, V16::fma(t[i][2], 1.f / 6, V16::zero()));
-        const V16 row[kA] = {V16::fma(t[i][0], 0.25f, V16::zero()),
-                             V16::fma(s02 + t[i][1], -1.f / 6, V16::zero()),
-                             V16::fma(s02 - t[i][1], -1.f / 6, V16::zero()),
-                             V16::fma(t[i][1], 1.f / 12, a), V16::fma(t[i][1], -1.f / 12, a),
-                             t[i][2]};
-        for (int j = 0; j < kA; ++j) row[j].store(u + (i * kA + j) * ustride);
+      for (int i = 0; i < A; ++i) {  // (G g) G^T, row by row
+        for (int q = 0; q < 3; ++q) u3[q] = t[i][q];
+        Wino<Mt>::gt(u3, row);
+        for (int j = 0; j < A; ++j) row[j].store(u + (i * A + j) * ustride);
       }
     }
   }
+}
+
+py::array_t<float> winograd_weights(const FArr& w, bool channels_last, int64_t tile) {
+  const char* fn = "winograd_weights";
+  check_tile(fn, tile);
+  const WeightView v = weight_view(w, channels_last, fn);
+  if (v.R != 3 || v.S != 3)
+    fail(std::string(fn) + ": F(" + std::to_string(tile) + "x" + std::to_string(tile) +
+         ", 3x3) needs a 3x3 kernel, w has shape " + shape_str(w));
+  const int64_t xis = (tile + 2) * (tile + 2), KB = (v.K + kBlock - 1) / kBlock;
+  float* dst = nullptr;
+  auto out = aligned_array(xis * KB * v.Cg * kBlock, &dst, /*zero=*/false);
+  std::vector<float> taps(size_t(max_threads()) * size_t(9 * v.Cg * kBlock));
+  py::gil_scoped_release nogil;
+  if (tile == 4)
+    transform_weights<4>(v, w.data(), dst, taps.data());
+  else
+    transform_weights<2>(v, w.data(), dst, taps.data());
   return out;
 }
 
 void conv2d_winograd(const FArr& x, const FArr& U, std::optional<FArr> bias,
                      std::optional<FArr> residual, py::array out, const IArr& vertices,
                      int64_t K, int64_t pad_h, int64_t pad_w, bool relu,
-                     const PointwiseProgram* epilogue_prog) {
+                     const PointwiseProgram* epilogue_prog, int64_t tile) {
   const char* fn = "conv2d_winograd";
   float* o = out_ptr(out, fn);
-  const WGeom g = winograd_geom(fn, x, U, K, pad_h, pad_w);
+  const WGeom g = winograd_geom(fn, x, U, K, pad_h, pad_w, tile);
+  const int64_t xis = (tile + 2) * (tile + 2);
   check_ndim(out, 4, fn, "out", "[N, OH, OW, K]");
   if (out.shape(0) != g.N || out.shape(1) != g.OH || out.shape(2) != g.OW || out.shape(3) != K)
     fail(std::string(fn) + ": out has shape " + shape_str(out) + ", expected (" +
@@ -369,14 +422,14 @@ void conv2d_winograd(const FArr& x, const FArr& U, std::optional<FArr> bias,
   int64_t TB = 1;
   for (py::ssize_t v = 0; v < V; ++v) {
     const int32_t* row = vertices.data() + 8 * v;
-    TB = std::max(TB, tile_block(g, vertex_tiles(row), int64_t(row[3]) - row[2]));
+    TB = std::max(TB, tile_block(g, xis, vertex_tiles(row, tile), int64_t(row[3]) - row[2]));
   }
   const int nt = max_threads();
   std::vector<WScratch> scratch(static_cast<size_t>(nt));
   for (auto& s : scratch) {
-    s.V.reset(new float[size_t(kXi * (TB * g.Cp + 16))]);
-    s.M.reset(new float[size_t(kXi * ((TB + kMaxPix - 1) / kMaxPix * kMaxNB * kAccStride + 16))]);
-    s.acc.reset(new float[size_t(kMaxNB * kAccStride + kXi * 16)]);
+    s.V.reset(new float[size_t(xis * (TB * g.Cp + 16))]);
+    s.M.reset(new float[size_t(xis * ((TB + kMaxPix - 1) / kMaxPix * kMaxNB * kAccStride + 16))]);
+    s.acc.reset(new float[size_t(kMaxNB * kAccStride + xis * 16)]);
   }
   std::vector<float> zeros(size_t(g.Cp) + 16, 0.f);
   const int64_t per = epilogue_prog ? epilogue_prog->scratch_floats() : 0;
@@ -385,9 +438,10 @@ void conv2d_winograd(const FArr& x, const FArr& U, std::optional<FArr> bias,
   const float* up = U.data();
   const float* bp = bias ? bias->data() : nullptr;
   const float* rp = residual ? residual->data() : nullptr;
+  auto vertex = tile == 4 ? &winograd_vertex<4> : &winograd_vertex<2>;
   for_each_vertex(vertices.data(), V, 8, [&](const int32_t* row, int t) {
-    winograd_vertex(g, xp, up, bp, rp, o, row, zeros.data(), relu, scratch[size_t(t)],
-                    epilogue_prog, epi_scratch.data() + per * t);
+    vertex(g, xp, up, bp, rp, o, row, zeros.data(), relu, scratch[size_t(t)], epilogue_prog,
+           epi_scratch.data() + per * t);
   });
 }
 
@@ -395,15 +449,18 @@ void conv2d_winograd(const FArr& x, const FArr& U, std::optional<FArr> bias,
 
 void register_winograd(py::module& m) {
   m.def("winograd_weights", &winograd_weights, py::arg("w"), py::arg("channels_last") = false,
+        py::arg("tile") = 4,
         "Transform a 3x3 weight w[K, C, 3, 3] (or, channels_last, its [K, 3, 3, C] storage) "
-        "for F(4x4, 3x3): U = G w G^T per (k, c), computed in double, stored "
-        "[36][ceil(K/16)][C][16] (1-D, zero padded) for conv2d_winograd.");
+        "for F(tile x tile, 3x3), tile 4 or 2: U = G w G^T per (k, c), stored "
+        "[(tile+2)^2][ceil(K/16)][C][16] (1-D, zero padded) for conv2d_winograd.");
   m.def("conv2d_winograd", &conv2d_winograd, py::arg("x"), py::arg("U"), py::arg("bias"),
         py::arg("residual"), py::arg("out"), py::arg("vertices"), py::arg("K"),
         py::arg("pad_h"), py::arg("pad_w"), py::arg("relu"), py::arg("epilogue") = nullptr,
-        "3x3 stride-1 conv by Winograd F(4x4, 3x3): out[N, OH, OW, K] (NHWC) = act(bias + "
-        "conv(x, w) + residual) for every vertex row (n0,n1,k0,k1,oh0,oh1,ow0,ow1), U from "
-        "winograd_weights; then the fused pointwise epilogue program, if any.");
+        py::arg("tile") = 4,
+        "3x3 stride-1 conv by Winograd F(tile x tile, 3x3), tile 4 or 2: out[N, OH, OW, K] "
+        "(NHWC) = act(bias + conv(x, w) + residual) for every vertex row "
+        "(n0,n1,k0,k1,oh0,oh1,ow0,ow1), U from winograd_weights with the same tile; then the "
+        "fused pointwise epilogue program, if any.");
 }
 
 }  // namespace ipugraph

@@ -54,7 +54,7 @@ class Space:
     method: str = "direct"
 
     # An op's space function may return several Spaces, one per way of computing it (a conv:
-    # "direct" or "winograd"); the planner keeps the cheapest. `method` names the codelet the
+    # "direct", "winograd4x4" or "winograd2x2"); the planner keeps the cheapest. `method` names the codelet the
     # backends run, and plan.summary() shows it, as PopLibs' plans name theirs.
 
     # reduce_region(kept) -> Region: the output elements each reduction vertex writes, from its

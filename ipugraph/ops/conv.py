@@ -110,19 +110,20 @@ def _conv2d_space(node, target) -> Space:
                  reduce_dims=("c", "kh"), codelet="supervisor", rate="macs")
 
 
-# Winograd F(4x4, 3x3) on the host (csrc/winograd.cpp). Transform costs in MAC-equivalents per
-# tile: the input transform per 16 input channels, the inverse transform and epilogue per 16
-# output channels; fitted to the codelet's times on 2 threads of this project's AVX-512 machine
-# (tiles x C x K swept from 16 to 128 channels: ~470 and ~280 cycles).
-WINO_TILE = 4
-WINO_POSITIONS = 36
-WINO_IN_MACS = 15000
-WINO_OUT_MACS = 9000
+# Winograd F(m x m, 3x3), m = 4 or 2, on the host (csrc/winograd.cpp). Per tile size: the
+# positions a^2 (a = m + 2) and the transform costs in MAC-equivalents per tile -- the input
+# transform per 16 input channels, the inverse transform and epilogue per 16 output channels --
+# fitted to the codelet's times on 2 threads of this project's AVX-512 machine (tiles x C x K
+# swept from 16 to 128 channels: ~470 and ~280 cycles for F(4x4)).
+WINOGRAD = {  # method: (m, positions, input transform, output transform)
+    "winograd4x4": (4, 36, 15000, 9000),
+    "winograd2x2": (2, 16, 6000, 3500),
+}
 WINO_V_BUDGET = 1 << 20          # bytes of V a tile block keeps in L2 (csrc/winograd.cpp)
 
 
 def winograd_applies(node) -> bool:
-    """F(4x4, 3x3) computes this conv: 3x3, stride 1, no dilation, one group, pads <= 2."""
+    """F(m x m, 3x3) computes this conv: 3x3, stride 1, no dilation, one group, pads <= 2."""
     a = node.attrs
     w = node.inputs[1]
     return (w.shape[2:] == (3, 3) and a["stride"] == (1, 1) and a["dilation"] == (1, 1)
@@ -130,16 +131,16 @@ def winograd_applies(node) -> bool:
             and node.inputs[0].dtype == "float32")
 
 
-def winograd_traffic(tiles, kv, c: int, item: int = 4):
+def winograd_traffic(tiles, kv, c: int, positions: int = 36, item: int = 4):
     """Bytes a Winograd vertex of `tiles` tiles and `kv` output channels streams beyond one
     pass over its transformed weights U, as the codelet's tile blocking does (csrc/winograd.cpp,
     tile_block): none while U or all the tiles fit a block in L2; else U once more per extra
     block of tiles, or, taking every tile at once, V re-read per 64 output channels."""
     cp = -(-c // 16) * 16
-    v_tile = WINO_POSITIONS * cp * item                  # V bytes per tile
+    v_tile = positions * cp * item                       # V bytes per tile
     tiles = np.asarray(tiles, np.float64)
     small = float(np.clip(WINO_V_BUDGET // v_tile, 6, 48))
-    u = WINO_POSITIONS * c * (-(-np.asarray(kv) // 16) * 16) * item
+    u = positions * c * (-(-np.asarray(kv) // 16) * 16) * item
     every = np.maximum(6.0, np.minimum(tiles, float((16 << 20) // v_tile)))
     cost_small = np.ceil(tiles / small) * u
     cost_all = np.ceil(tiles / every) * u + np.ceil(np.asarray(kv) / 64) * v_tile * tiles
@@ -147,9 +148,10 @@ def winograd_traffic(tiles, kv, c: int, item: int = 4):
     return np.where((tiles <= small) | (u <= WINO_V_BUDGET), 0.0, extra)
 
 
-def _winograd_space(node, target, direct: Space) -> Space:
-    """The same conv by F(4x4, 3x3): split over batch, output channels and whole 4x4 output
+def _winograd_space(node, target, direct: Space, method: str) -> Space:
+    """The same conv by F(m x m, 3x3): split over batch, output channels and whole m x m output
     tiles (no partial sums: each tile needs every input channel)."""
+    m, positions, in_macs, out_macs = WINOGRAD[method]
     x, w = node.inputs[0], node.inputs[1]
     _, c, h, wd = x.shape
     k_total, cg, r, s = w.shape
@@ -160,13 +162,13 @@ def _winograd_space(node, target, direct: Space) -> Space:
 
     def slice_cost(sizes):
         sn, sk, soh, sow = (sizes[..., i] for i in range(4))
-        tiles = sn * -(-soh // WINO_TILE) * -(-sow // WINO_TILE)
+        tiles = sn * -(-soh // m) * -(-sow // m)
         kb = -(-sk // 16)
-        gemm = -(-tiles // 6) * 6 * WINO_POSITIONS * c * kb * 16 / target.block_efficiency(sk)
-        transforms = tiles * (cp // 16 * WINO_IN_MACS + kb * WINO_OUT_MACS)
-        stream = winograd_traffic(tiles, sk, c, item) * macs_per_byte
+        gemm = -(-tiles // 6) * 6 * positions * c * kb * 16 / target.block_efficiency(sk)
+        transforms = tiles * (cp // 16 * in_macs + kb * out_macs)
+        stream = winograd_traffic(tiles, sk, c, positions, item) * macs_per_byte
         x_bytes = sn * np.minimum(soh + 2, h) * np.minimum(sow + 2, wd) * c * item
-        u_bytes = WINO_POSITIONS * c * kb * 16 * item
+        u_bytes = positions * c * kb * 16 * item
         return gemm + transforms + stream, x_bytes, u_bytes, sn * sk * soh * sow * item
 
     def boxes(table):
@@ -174,8 +176,8 @@ def _winograd_space(node, target, direct: Space) -> Space:
         return direct.boxes(np.concatenate([table, whole], axis=1))
 
     return Space((Dim("n", n), Dim("k", k, target.channel_grain),
-                  Dim("oh", oh, WINO_TILE), Dim("ow", ow, WINO_TILE)), slice_cost, boxes,
-                 codelet="supervisor", rate="macs", method="winograd")
+                  Dim("oh", oh, m), Dim("ow", ow, m)), slice_cost, boxes,
+                 codelet="supervisor", rate="macs", method=method)
 
 
 def _conv2d_spaces(node, target):
@@ -183,7 +185,7 @@ def _conv2d_spaces(node, target):
     IPU planner has no Winograd method, so IPU plans stay comparable with Graphcore's)."""
     direct = _conv2d_space(node, target)
     if target.memory_is_cache and winograd_applies(node):
-        return [direct, _winograd_space(node, target, direct)]
+        return [direct] + [_winograd_space(node, target, direct, m) for m in WINOGRAD]
     return [direct]
 
 

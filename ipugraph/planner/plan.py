@@ -103,7 +103,8 @@ class Plan:
 def plan(graph: Graph, target=None, *, fuse: bool = True, methods=None) -> Plan:
     """Partition every op of `graph` over the tiles of `target` (default: the graph's).
     `methods` (e.g. ("direct",)) restricts the ways an op may be computed to those named, where
-    it has one of them (a conv's "direct" / "winograd"); by default the cheapest is kept."""
+    it has one of them (a conv's "direct", "winograd4x4", "winograd2x2"); by default the cheapest
+    is kept."""
     methods = None if methods is None else tuple(methods)
     target = target or graph.target
     groups = group_nodes(graph, fuse=fuse)

@@ -11,7 +11,7 @@ def _split(step) -> str:
 
 def summary(plan) -> str:
     t = plan.target
-    head = (f"{'step':>4}  {'op':<30} {'method':<8} {'fused':<18} {'split':<30} {'tiles':>5} "
+    head = (f"{'step':>4}  {'op':<30} {'method':<11} {'fused':<18} {'split':<30} {'tiles':>5} "
             f"{'compute':>9} {'exch':>8} {'sync':>6} {'reduce':>7} {'tile KiB':>8} {'bal':>5}")
     lines = [f"plan of '{plan.graph.name}' (batch {plan.batch()}) on {t.describe()}", head,
              "-" * len(head)]
@@ -20,7 +20,7 @@ def summary(plan) -> str:
         fused = "+".join(n.op.name for n in s.group.epilogue) or "-"
         mark = " *" if s.note else ""
         lines.append(
-            f"{s.index:>4}  {s.name[:30]:<30} {s.space.method[:8]:<8} {fused[:18]:<18} "
+            f"{s.index:>4}  {s.name[:30]:<30} {s.space.method[:11]:<11} {fused[:18]:<18} "
             f"{_split(s)[:30]:<30} "
             f"{s.tiles_used:>5} {s.compute_cycles:>9.0f} {s.exchange_cycles:>8.0f} "
             f"{s.sync_cycles:>6.0f} {s.reduce_cycles:>7.0f} {s.max_tile_bytes / 1024:>8.1f} "

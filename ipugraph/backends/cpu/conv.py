@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...ops.conv import WINOGRAD
 from ...ops.norm import bn_scale_shift
 from ..layout import storage_shape
 from ..registry import lowering
@@ -96,8 +97,8 @@ def conv2d_cpu(ctx: Context, cs) -> Kernel:
     if res is not None:
         res = check_array(res, out.shape, f"{what} residual")
     n, oh, ow, _ = out.shape
-    if cs.method == "winograd":
-        return _winograd(ctx, cs, x, out, res, relu, epi)
+    if cs.method in WINOGRAD:
+        return _winograd(ctx, cs, x, out, res, relu, epi, WINOGRAD[cs.method][0])
     cols = nonempty(cs.table(*CONV_DIMS, extents=(n, k, oh, ow, cg, r)), 8, (cg, r))
     red = cols[:, 8:12]
     split = not ((red[:, 0] == 0) & (red[:, 1] == cg) & (red[:, 2] == 0) & (red[:, 3] == r)).all()
@@ -132,9 +133,9 @@ def conv2d_cpu(ctx: Context, cs) -> Kernel:
                         **packing(prepare, packs, dynamic), partials=partials)
 
 
-def _winograd(ctx: Context, cs, x, out, res, relu, epi) -> Kernel:
-    """conv2d by F(4x4, 3x3) (csrc/winograd.cpp): the weights transformed at compile (and again
-    whenever they change), the vertex boxes as the planner split them."""
+def _winograd(ctx: Context, cs, x, out, res, relu, epi, tile: int) -> Kernel:
+    """conv2d by F(tile x tile, 3x3) (csrc/winograd.cpp): the weights transformed at compile
+    (and again whenever they change), the vertex boxes as the planner split them."""
     node = cs.anchor
     w_t = node.inputs[1]
     b_t = node.inputs[2] if len(node.inputs) > 2 else None
@@ -145,15 +146,16 @@ def _winograd(ctx: Context, cs, x, out, res, relu, epi) -> Kernel:
 
     def prepare():
         if cs.folded_bn is None and b_t is None:
-            packed["u"] = C.winograd_weights(*conv_weight(ctx, w_t))
+            packed["u"] = C.winograd_weights(*conv_weight(ctx, w_t), tile)
             packed["b"] = None
             return
         w, b = folded_weight_bias(ctx, cs, w_t, b_t, out_axis=0)
-        packed["u"] = C.winograd_weights(w, False)
+        packed["u"] = C.winograd_weights(w, False, tile)
         packed["b"] = b
 
     def run():
-        C.conv2d_winograd(x, packed["u"], packed["b"], res, out, verts, k, ph, pw, relu, epi)
+        C.conv2d_winograd(x, packed["u"], packed["b"], res, out, verts, k, ph, pw, relu, epi,
+                          tile)
     packs = weight_operands(cs, w_t, b_t)
     return Kernel(node.name, run, **packing(prepare, packs, not ctx.is_static(*packs)))
 
