@@ -380,22 +380,30 @@ void transform_weights(const WeightView& v, const float* src, float* dst, float*
   }
 }
 
-py::array_t<float> winograd_weights(const FArr& w, bool channels_last, int64_t tile) {
+py::array_t<float> winograd_weights(const FArr& w, bool channels_last, int64_t tile,
+                                    bool transposed) {
   const char* fn = "winograd_weights";
   check_tile(fn, tile);
-  const WeightView v = weight_view(w, channels_last, fn);
+  WeightView v = weight_view(w, channels_last, fn);
   if (v.R != 3 || v.S != 3)
     fail(std::string(fn) + ": F(" + std::to_string(tile) + "x" + std::to_string(tile) +
          ", 3x3) needs a 3x3 kernel, w has shape " + shape_str(w));
+  const float* src = w.data();
+  if (transposed) {
+    // The gradient of x is a conv of dy with w'[c, k, r, s] = w[k, c, 2-r, 2-s]: the same
+    // storage read with in/out channels swapped and the taps reversed.
+    src += 2 * v.sr + 2 * v.ss;
+    v = WeightView{v.Cg, v.K, 3, 3, v.sc, v.sk, -v.sr, -v.ss};
+  }
   const int64_t xis = (tile + 2) * (tile + 2), KB = (v.K + kBlock - 1) / kBlock;
   float* dst = nullptr;
   auto out = aligned_array(xis * KB * v.Cg * kBlock, &dst, /*zero=*/false);
   std::vector<float> taps(size_t(max_threads()) * size_t(9 * v.Cg * kBlock));
   py::gil_scoped_release nogil;
   if (tile == 4)
-    transform_weights<4>(v, w.data(), dst, taps.data());
+    transform_weights<4>(v, src, dst, taps.data());
   else
-    transform_weights<2>(v, w.data(), dst, taps.data());
+    transform_weights<2>(v, src, dst, taps.data());
   return out;
 }
 
@@ -449,10 +457,12 @@ void conv2d_winograd(const FArr& x, const FArr& U, std::optional<FArr> bias,
 
 void register_winograd(py::module& m) {
   m.def("winograd_weights", &winograd_weights, py::arg("w"), py::arg("channels_last") = false,
-        py::arg("tile") = 4,
+        py::arg("tile") = 4, py::arg("transposed") = false,
         "Transform a 3x3 weight w[K, C, 3, 3] (or, channels_last, its [K, 3, 3, C] storage) "
         "for F(tile x tile, 3x3), tile 4 or 2: U = G w G^T per (k, c), stored "
-        "[(tile+2)^2][ceil(K/16)][C][16] (1-D, zero padded) for conv2d_winograd.");
+        "[(tile+2)^2][ceil(K/16)][C][16] (1-D, zero padded) for conv2d_winograd. transposed: "
+        "U of w'[c, k, r, s] = w[k, c, 2-r, 2-s] instead ([(tile+2)^2][ceil(C/16)][K][16]), so "
+        "conv2d_winograd of dy computes conv2d_backward_data (pads 2 - the forward's).");
   m.def("conv2d_winograd", &conv2d_winograd, py::arg("x"), py::arg("U"), py::arg("bias"),
         py::arg("residual"), py::arg("out"), py::arg("vertices"), py::arg("K"),
         py::arg("pad_h"), py::arg("pad_w"), py::arg("relu"), py::arg("epilogue") = nullptr,

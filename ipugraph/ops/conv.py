@@ -148,15 +148,15 @@ def winograd_traffic(tiles, kv, c: int, positions: int = 36, item: int = 4):
     return np.where((tiles <= small) | (u <= WINO_V_BUDGET), 0.0, extra)
 
 
-def _winograd_space(node, target, direct: Space, method: str) -> Space:
-    """The same conv by F(m x m, 3x3): split over batch, output channels and whole m x m output
-    tiles (no partial sums: each tile needs every input channel)."""
+def _winograd_space(target, direct: Space, method: str, x, out_shape, whole) -> Space:
+    """A 3x3 stride-1 conv of x [N, C, H, W] into out_shape [N, K, OH, OW] by F(m x m, 3x3):
+    split over batch, output channels and whole m x m output tiles (no partial sums: each tile
+    needs every input channel). `whole` completes a table row for the direct space's boxes
+    (its reduction dims, taken whole)."""
     m, positions, in_macs, out_macs = WINOGRAD[method]
-    x, w = node.inputs[0], node.inputs[1]
     _, c, h, wd = x.shape
-    k_total, cg, r, s = w.shape
     item = x.itemsize
-    n, k, oh, ow = node.output.shape
+    n, k, oh, ow = out_shape
     cp = -(-c // 16) * 16
     macs_per_byte = target.macs_per_cycle / target.spill_bytes_per_cycle
 
@@ -172,12 +172,12 @@ def _winograd_space(node, target, direct: Space, method: str) -> Space:
         return gemm + transforms + stream, x_bytes, u_bytes, sn * sk * soh * sow * item
 
     def boxes(table):
-        whole = np.tile(np.array([0, cg, 0, r], table.dtype), (len(table), 1))
-        return direct.boxes(np.concatenate([table, whole], axis=1))
+        rest = np.tile(np.asarray(whole, table.dtype), (len(table), 1))
+        return direct.boxes(np.concatenate([table, rest], axis=1))
 
-    return Space((Dim("n", n), Dim("k", k, target.channel_grain),
-                  Dim("oh", oh, m), Dim("ow", ow, m)), slice_cost, boxes,
-                 codelet="supervisor", rate="macs", method=method)
+    return Space((Dim("n", n), Dim(direct.dims[1].name, k, target.channel_grain),
+                  Dim(direct.dims[2].name, oh, m), Dim(direct.dims[3].name, ow, m)),
+                 slice_cost, boxes, codelet="supervisor", rate="macs", method=method)
 
 
 def _conv2d_spaces(node, target):
@@ -185,7 +185,10 @@ def _conv2d_spaces(node, target):
     IPU planner has no Winograd method, so IPU plans stay comparable with Graphcore's)."""
     direct = _conv2d_space(node, target)
     if target.memory_is_cache and winograd_applies(node):
-        return [direct] + [_winograd_space(node, target, direct, m) for m in WINOGRAD]
+        x, w = node.inputs[0], node.inputs[1]
+        whole = (0, w.shape[1], 0, w.shape[2])           # all of c and kh
+        return [direct] + [_winograd_space(target, direct, m, x, node.output.shape, whole)
+                           for m in WINOGRAD]
     return [direct]
 
 
@@ -370,7 +373,18 @@ def _bwd_weight_space(node, target) -> Space:
                  reduce_region=reduce_region)
 
 
-@defop("conv2d_backward_data", infer=_bwd_data_infer, cost=_bwd_cost, space=_bwd_data_space,
+def _bwd_data_spaces(node, target):
+    """dx of a 3x3 stride-1 conv is again one (of dy, with the flipped, transposed weights, pads
+    2 - p): on the host the Winograd methods apply to it as to the forward conv."""
+    direct = _bwd_data_space(node, target)
+    if target.memory_is_cache and winograd_applies(node):
+        whole = (0, node.inputs[1].shape[0])             # all of k
+        return [direct] + [_winograd_space(target, direct, m, node.inputs[0], node.output.shape,
+                                           whole) for m in WINOGRAD]
+    return [direct]
+
+
+@defop("conv2d_backward_data", infer=_bwd_data_infer, cost=_bwd_cost, space=_bwd_data_spaces,
        attrs={"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1,
               "input_size": (1, 1)})
 def conv2d_backward_data_op(dy, w, *, stride, padding, dilation, groups, input_size):

@@ -182,12 +182,25 @@ def conv2d_backward_data_cpu(ctx: Context, cs) -> Kernel:
     split = not ((cols[:, 8] == 0) & (cols[:, 9] == kg)).all()
     geom = (cg, r, s, *_geom(a))
     packed = {}
+    dynamic = not ctx.is_static(w_t)
+    if cs.method in WINOGRAD:
+        # dx = conv(dy, w flipped and transposed) with pads 2 - p (ops/conv.py _bwd_data_spaces)
+        tile = WINOGRAD[cs.method][0]
+        ph, pw = a["padding"]
+        verts = cs.table("n", "c", "ih", "iw")
+
+        def prepare_u():
+            packed["u"] = C.winograd_weights(*conv_weight(ctx, w_t), tile, transposed=True)
+
+        return Kernel(node.name,
+                      lambda: C.conv2d_winograd(dy, packed["u"], None, None, out, verts, c,
+                                                2 - ph, 2 - pw, False, epi, tile),
+                      **packing(prepare_u, (w_t,), dynamic))
 
     def prepare():
         w, channels_last = conv_weight(ctx, w_t)
         packed["w"] = C.pack_conv_data_weight(w, groups, channels_last)
 
-    dynamic = not ctx.is_static(w_t)
     if not split:
         verts = np.ascontiguousarray(cols[:, :10])
         if epi is None:
