@@ -10,6 +10,7 @@
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <array>
@@ -221,6 +222,36 @@ inline py::array_t<float> aligned_array(py::ssize_t n, float** data, bool zero =
   py::capsule owner(buf, [](void* p) { std::free(p); });
   *data = buf;
   return py::array_t<float>({n}, {py::ssize_t(sizeof(float))}, buf, owner);
+}
+
+// Uninitialised 64-byte aligned scratch floats: full-line (unsplit) vector loads, no zero fill.
+class AlignedFloats {
+ public:
+  explicit AlignedFloats(size_t n)
+      : p_(static_cast<float*>(std::aligned_alloc(64, std::max<size_t>(64, (n * 4 + 63) / 64 * 64)))) {
+    if (!p_) throw std::bad_alloc();
+  }
+  ~AlignedFloats() { std::free(p_); }
+  AlignedFloats(const AlignedFloats&) = delete;
+  AlignedFloats& operator=(const AlignedFloats&) = delete;
+  float* data() const { return p_; }
+
+ private:
+  float* p_;
+};
+
+// The destination of a packing function: `into` (an earlier result of the same call, reused
+// when the weight changes every step: a fresh buffer of tens of MB costs more in first-touch
+// page faults than the packing itself) or a new aligned buffer. `src` must not overlap it.
+inline py::array packed_buffer(std::optional<py::array> into, py::ssize_t n, float** data,
+                               const py::array& src, const char* fn) {
+  if (!into) return aligned_array(n, data, /*zero=*/false);
+  *data = out_ptr(*into, fn);
+  if (into->ndim() != 1 || into->shape(0) != n)
+    fail(std::string(fn) + ": into has shape " + shape_str(*into) + ", expected (" +
+         std::to_string(n) + ",) for " + shape_str(src));
+  check_no_overlap(fn, *into, src, "the weight");
+  return *into;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ struct ConvGeom {
 
 enum class Mode { Fused, Split, Gather };
 
-py::array_t<float> pack_conv_weight(const FArr& w, int groups, bool channels_last) {
+py::array pack_conv_weight(const FArr& w, int groups, bool channels_last,
+                           std::optional<py::array> into) {
   const char* fn = "pack_conv_weight";
   const WeightView v = weight_view(w, channels_last, fn);
   const int64_t K = v.K, Cg = v.Cg, R = v.R, S = v.S;
@@ -48,7 +49,7 @@ py::array_t<float> pack_conv_weight(const FArr& w, int groups, bool channels_las
          shape_str(w));
   const int64_t G = groups, Kg = K / G, KB = (Kg + kBlock - 1) / kBlock;
   float* dst = nullptr;
-  auto out = aligned_array(G * KB * R * S * Cg * kBlock, &dst, /*zero=*/false);
+  auto out = packed_buffer(into, G * KB * R * S * Cg * kBlock, &dst, w, fn);
   const float* src = w.data();
   py::gil_scoped_release nogil;
 #pragma omp parallel for collapse(2) schedule(static)
@@ -375,7 +376,7 @@ void conv2d_nhwc_partial(const FArr& x, const FArr& wp, py::array partials, cons
 
 void register_conv(py::module& m) {
   m.def("pack_conv_weight", &pack_conv_weight, py::arg("w"), py::arg("groups") = 1,
-        py::arg("channels_last") = false,
+        py::arg("channels_last") = false, py::arg("into") = py::none(),
         "Pack float32 w[K, Cg, R, S] (or, channels_last, its [K, R, S, Cg] storage) into the "
         "blocked layout [G][ceil(Kg/16)][R][S][Cg][16] (1-D, zero padded) that conv2d_nhwc "
         "consumes.");

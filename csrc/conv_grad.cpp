@@ -62,7 +62,8 @@ int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
 // Backward-data
 // ---------------------------------------------------------------------------------------------
 
-py::array_t<float> pack_conv_data_weight(const FArr& w, int64_t groups, bool channels_last) {
+py::array pack_conv_data_weight(const FArr& w, int64_t groups, bool channels_last,
+                                std::optional<py::array> into) {
   const char* fn = "pack_conv_data_weight";
   const WeightView v = weight_view(w, channels_last, fn);
   const int64_t K = v.K, Cg = v.Cg, R = v.R, S = v.S;
@@ -71,7 +72,7 @@ py::array_t<float> pack_conv_data_weight(const FArr& w, int64_t groups, bool cha
          " must be >= 1 and divide K of w " + shape_str(w));
   const int64_t G = groups, Kg = K / G, CB = (Cg + kBlock - 1) / kBlock;
   float* dst = nullptr;
-  auto out = aligned_array(G * CB * R * S * Kg * kBlock, &dst, /*zero=*/false);
+  auto out = packed_buffer(into, G * CB * R * S * Kg * kBlock, &dst, w, fn);
   const float* src = w.data();
   py::gil_scoped_release nogil;
 #pragma omp parallel for collapse(2) schedule(static)
@@ -595,12 +596,12 @@ void run_weight(const WGeom& g, const FArr& x, const FArr& dy, float* o, int64_t
   const int nt = max_threads();
   const WChunk ch = w_chunk(g);
   const bool dwise = g.Cg == 1 && g.Kg == 1;
-  const int64_t xper = dwise ? 0 : ch.cap;
-  const int64_t dper = dwise ? g.R * g.S * g.K : 0;
-  std::vector<float> xbuf(std::max<int64_t>(1, xper * nt));
-  std::vector<float> dbuf(std::max<int64_t>(1, dper * nt));
+  const int64_t xper = dwise ? 0 : (ch.cap + 15) / 16 * 16;   // threads' buffers 64-B aligned
+  const int64_t dper = dwise ? (g.R * g.S * g.K + 15) / 16 * 16 : 0;
+  AlignedFloats xbuf(size_t(std::max<int64_t>(1, xper * nt)));
+  AlignedFloats dbuf(size_t(std::max<int64_t>(1, dper * nt)));
   const int64_t aper = dwise ? 0 : g.Kg * ((g.S * g.Cg + 15) / 16 * 16 + 16);
-  std::vector<float> abuf(std::max<int64_t>(1, aper * nt));
+  AlignedFloats abuf(size_t(std::max<int64_t>(1, aper * nt)));
   std::vector<WScratch> scratch(nt);
   for (int t = 0; t < nt; ++t) {
     scratch[t].acc = abuf.data() + aper * t;
@@ -650,7 +651,7 @@ void conv2d_backward_weight_nhwc_partial(const FArr& x, const FArr& dy, py::arra
 
 void register_conv_grad(py::module& m) {
   m.def("pack_conv_data_weight", &pack_conv_data_weight, py::arg("w"), py::arg("groups") = 1,
-        py::arg("channels_last") = false,
+        py::arg("channels_last") = false, py::arg("into") = py::none(),
         "Pack float32 w[K, Cg, R, S] (or, channels_last, its [K, R, S, Cg] storage) transposed into [G][ceil(Cg/16)][R][S][Kg][16] (1-D, zero "
         "padded; lane = input channel) for conv2d_backward_data_nhwc.");
   m.def("conv2d_backward_data_nhwc", &conv2d_backward_data_nhwc, py::arg("dy"), py::arg("wp"),

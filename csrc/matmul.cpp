@@ -21,14 +21,14 @@ namespace {
 
 constexpr int64_t kKC = 2048;
 
-py::array_t<float> pack_matmul_weight(const FArr& b, bool transposed) {
+py::array pack_matmul_weight(const FArr& b, bool transposed, std::optional<py::array> into) {
   const char* fn = "pack_matmul_weight";
   check_ndim(b, 2, fn, "b", transposed ? "[N, K]" : "[K, N]");
   const int64_t K = transposed ? b.shape(1) : b.shape(0);
   const int64_t N = transposed ? b.shape(0) : b.shape(1);
   const int64_t NB = (N + kBlock - 1) / kBlock;
   float* dst = nullptr;
-  auto out = aligned_array(NB * K * kBlock, &dst, /*zero=*/false);
+  auto out = packed_buffer(into, NB * K * kBlock, &dst, b, fn);
   const float* src = b.data();
   const int64_t sn = transposed ? K : 1, sk = transposed ? 1 : N;
   py::gil_scoped_release nogil;
@@ -169,6 +169,7 @@ void matmul_partial(const FArr& a, const FArr& bp, int64_t N, py::array partials
 
 void register_matmul(py::module& m) {
   m.def("pack_matmul_weight", &pack_matmul_weight, py::arg("b"), py::arg("transposed") = false,
+        py::arg("into") = py::none(),
         "Pack the right operand of a matmul: b[K, N] (transposed=False) or a Linear weight "
         "b[N, K] (transposed=True, y = a @ b.T) into [ceil(N/16)][K][16] (1-D, zero padded).");
   m.def("matmul", &matmul, py::arg("a"), py::arg("bp"), py::arg("N"), py::arg("bias"),

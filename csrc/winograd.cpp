@@ -346,42 +346,73 @@ WGeom winograd_geom(const char* fn, const FArr& x, const FArr& U, int64_t K, int
   return g;
 }
 
+// Copy n floats (a multiple of 16, both ends 64-byte aligned) past the caches when `stream`.
+inline void copy_rows(float* dst, const float* src, int64_t n, bool stream) {
+#if defined(IPUGRAPH_AVX512)
+  if (stream) {
+    for (int64_t i = 0; i < n; i += 16) _mm512_stream_ps(dst + i, _mm512_load_ps(src + i));
+    return;
+  }
+#endif
+  (void)stream;
+  std::memcpy(dst, src, size_t(n) * sizeof(float));
+}
+
 // U = G g G^T per (k, c), stored [a^2][KB][C][16] (zero padded lanes). Per 16-channel output
 // block: the 9 taps packed into lane rows (pack_lanes, as pack_conv_weight), then G g G^T on
-// 16 lanes at a time, every store a whole 64-byte row.
+// 16 lanes at a time for 16 input channels into a local [a^2][16][16] block, written out as
+// a^2 runs of 1 KB: one 64-byte row per position per channel would scatter a^2 write streams
+// over the whole of U (the transform then ran at ~3.5 GB/s). A U beyond L2 is written with
+// non-temporal stores (it is read back by the next conv, not kept).
 template <int Mt>
-void transform_weights(const WeightView& v, const float* src, float* dst, float* taps) {
+void transform_weights(const WeightView& v, const float* src, float* dst, float* taps,
+                       bool aligned) {
   constexpr int A = Wino<Mt>::A;
+  constexpr int kC = 16;                       // input channels per local block
   const int64_t K = v.K, C = v.Cg, KB = (K + kBlock - 1) / kBlock;
   const int64_t ustride = KB * C * kBlock;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t kb = 0; kb < KB; ++kb) {
-    float* tp = taps + size_t(thread_id()) * size_t(9 * C * kBlock);
-    const int64_t n = std::min<int64_t>(kBlock, K - kb * kBlock);
-    for (int r = 0; r < 3; ++r)
-      for (int q = 0; q < 3; ++q)
-        pack_lanes(tp + (r * 3 + q) * C * kBlock, src + kb * kBlock * v.sk + r * v.sr + q * v.ss,
-                   n, v.sk, C, v.sc);
-    for (int64_t c = 0; c < C; ++c) {
-      V16 col[3], t[A][3], row[A], u3[3];
-      for (int q = 0; q < 3; ++q) {  // G g, column by column
-        for (int r = 0; r < 3; ++r) col[r] = V16::load(tp + ((r * 3 + q) * C + c) * kBlock);
-        V16 out[A];
-        Wino<Mt>::gt(col, out);
-        for (int i = 0; i < A; ++i) t[i][q] = out[i];
-      }
-      float* u = dst + (kb * C + c) * kBlock;
-      for (int i = 0; i < A; ++i) {  // (G g) G^T, row by row
-        for (int q = 0; q < 3; ++q) u3[q] = t[i][q];
-        Wino<Mt>::gt(u3, row);
-        for (int j = 0; j < A; ++j) row[j].store(u + (i * A + j) * ustride);
+  const bool stream = aligned && A * A * ustride * int64_t(sizeof(float)) > (4 << 20);
+#pragma omp parallel
+  {
+    alignas(64) float local[A * A * kC * kBlock];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t kb = 0; kb < KB; ++kb) {
+      float* tp = taps + size_t(thread_id()) * size_t(9 * C * kBlock);
+      const int64_t n = std::min<int64_t>(kBlock, K - kb * kBlock);
+      for (int r = 0; r < 3; ++r)
+        for (int q = 0; q < 3; ++q)
+          pack_lanes(tp + (r * 3 + q) * C * kBlock,
+                     src + kb * kBlock * v.sk + r * v.sr + q * v.ss, n, v.sk, C, v.sc);
+      for (int64_t c0 = 0; c0 < C; c0 += kC) {
+        const int64_t nc = std::min<int64_t>(kC, C - c0);
+        for (int64_t cc = 0; cc < nc; ++cc) {
+          const int64_t c = c0 + cc;
+          V16 col[3], t[A][3], row[A], u3[3];
+          for (int q = 0; q < 3; ++q) {  // G g, column by column
+            for (int r = 0; r < 3; ++r) col[r] = V16::load(tp + ((r * 3 + q) * C + c) * kBlock);
+            V16 out[A];
+            Wino<Mt>::gt(col, out);
+            for (int i = 0; i < A; ++i) t[i][q] = out[i];
+          }
+          for (int i = 0; i < A; ++i) {  // (G g) G^T, row by row
+            for (int q = 0; q < 3; ++q) u3[q] = t[i][q];
+            Wino<Mt>::gt(u3, row);
+            for (int j = 0; j < A; ++j) row[j].store(local + ((i * A + j) * kC + cc) * kBlock);
+          }
+        }
+        for (int xi = 0; xi < A * A; ++xi)
+          copy_rows(dst + xi * ustride + (kb * C + c0) * kBlock, local + xi * kC * kBlock,
+                    nc * kBlock, stream);
       }
     }
+#if defined(IPUGRAPH_AVX512)
+    if (stream) _mm_sfence();  // each thread orders its own non-temporal stores
+#endif
   }
 }
 
-py::array_t<float> winograd_weights(const FArr& w, bool channels_last, int64_t tile,
-                                    bool transposed) {
+py::array winograd_weights(const FArr& w, bool channels_last, int64_t tile, bool transposed,
+                            std::optional<py::array> into) {
   const char* fn = "winograd_weights";
   check_tile(fn, tile);
   WeightView v = weight_view(w, channels_last, fn);
@@ -396,14 +427,16 @@ py::array_t<float> winograd_weights(const FArr& w, bool channels_last, int64_t t
     v = WeightView{v.Cg, v.K, 3, 3, v.sc, v.sk, -v.sr, -v.ss};
   }
   const int64_t xis = (tile + 2) * (tile + 2), KB = (v.K + kBlock - 1) / kBlock;
+  const int64_t size = xis * KB * v.Cg * kBlock;
   float* dst = nullptr;
-  auto out = aligned_array(xis * KB * v.Cg * kBlock, &dst, /*zero=*/false);
+  py::array out = packed_buffer(into, size, &dst, w, fn);
+  const bool aligned = reinterpret_cast<uintptr_t>(dst) % 64 == 0;
   std::vector<float> taps(size_t(max_threads()) * size_t(9 * v.Cg * kBlock));
   py::gil_scoped_release nogil;
   if (tile == 4)
-    transform_weights<4>(v, src, dst, taps.data());
+    transform_weights<4>(v, src, dst, taps.data(), aligned);
   else
-    transform_weights<2>(v, src, dst, taps.data());
+    transform_weights<2>(v, src, dst, taps.data(), aligned);
   return out;
 }
 
@@ -457,12 +490,13 @@ void conv2d_winograd(const FArr& x, const FArr& U, std::optional<FArr> bias,
 
 void register_winograd(py::module& m) {
   m.def("winograd_weights", &winograd_weights, py::arg("w"), py::arg("channels_last") = false,
-        py::arg("tile") = 4, py::arg("transposed") = false,
+        py::arg("tile") = 4, py::arg("transposed") = false, py::arg("into") = py::none(),
         "Transform a 3x3 weight w[K, C, 3, 3] (or, channels_last, its [K, 3, 3, C] storage) "
         "for F(tile x tile, 3x3), tile 4 or 2: U = G w G^T per (k, c), stored "
         "[(tile+2)^2][ceil(K/16)][C][16] (1-D, zero padded) for conv2d_winograd. transposed: "
         "U of w'[c, k, r, s] = w[k, c, 2-r, 2-s] instead ([(tile+2)^2][ceil(C/16)][K][16]), so "
-        "conv2d_winograd of dy computes conv2d_backward_data (pads 2 - the forward's).");
+        "conv2d_winograd of dy computes conv2d_backward_data (pads 2 - the forward's). into: "
+        "an earlier U of the same shape to overwrite (returned).");
   m.def("conv2d_winograd", &conv2d_winograd, py::arg("x"), py::arg("U"), py::arg("bias"),
         py::arg("residual"), py::arg("out"), py::arg("vertices"), py::arg("K"),
         py::arg("pad_h"), py::arg("pad_w"), py::arg("relu"), py::arg("epilogue") = nullptr,

@@ -107,11 +107,11 @@ def conv2d_cpu(ctx: Context, cs) -> Kernel:
     def prepare():
         if cs.folded_bn is None and b_t is None:
             w, channels_last = conv_weight(ctx, w_t)
-            packed["w"] = C.pack_conv_weight(w, groups, channels_last)
+            packed["w"] = C.pack_conv_weight(w, groups, channels_last, into=packed.get("w"))
             packed["b"] = None
             return
         w, b = folded_weight_bias(ctx, cs, w_t, b_t, out_axis=0)
-        packed["w"] = C.pack_conv_weight(w, groups)
+        packed["w"] = C.pack_conv_weight(w, groups, into=packed.get("w"))
         packed["b"] = b
 
     (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
@@ -146,11 +146,12 @@ def _winograd(ctx: Context, cs, x, out, res, relu, epi, tile: int) -> Kernel:
 
     def prepare():
         if cs.folded_bn is None and b_t is None:
-            packed["u"] = C.winograd_weights(*conv_weight(ctx, w_t), tile)
+            packed["u"] = C.winograd_weights(*conv_weight(ctx, w_t), tile,
+                                             into=packed.get("u"))
             packed["b"] = None
             return
         w, b = folded_weight_bias(ctx, cs, w_t, b_t, out_axis=0)
-        packed["u"] = C.winograd_weights(w, False, tile)
+        packed["u"] = C.winograd_weights(w, False, tile, into=packed.get("u"))
         packed["b"] = b
 
     def run():
@@ -190,7 +191,8 @@ def conv2d_backward_data_cpu(ctx: Context, cs) -> Kernel:
         verts = cs.table("n", "c", "ih", "iw")
 
         def prepare_u():
-            packed["u"] = C.winograd_weights(*conv_weight(ctx, w_t), tile, transposed=True)
+            packed["u"] = C.winograd_weights(*conv_weight(ctx, w_t), tile, transposed=True,
+                                             into=packed.get("u"))
 
         return Kernel(node.name,
                       lambda: C.conv2d_winograd(dy, packed["u"], None, None, out, verts, c,
@@ -199,7 +201,7 @@ def conv2d_backward_data_cpu(ctx: Context, cs) -> Kernel:
 
     def prepare():
         w, channels_last = conv_weight(ctx, w_t)
-        packed["w"] = C.pack_conv_data_weight(w, groups, channels_last)
+        packed["w"] = C.pack_conv_data_weight(w, groups, channels_last, into=packed.get("w"))
 
     if not split:
         verts = np.ascontiguousarray(cols[:, :10])

@@ -35,7 +35,7 @@ def _gemm_cpu(ctx: Context, cs, transposed: bool) -> Kernel:
 
     def prepare():
         w, b = folded_weight_bias(ctx, cs, w_t, b_t, out_axis=0 if transposed else 1)
-        packed["w"] = C.pack_matmul_weight(w, transposed)
+        packed["w"] = C.pack_matmul_weight(w, transposed, into=packed.get("w"))
         packed["b"] = b
 
     packs = weight_operands(cs, w_t, b_t)
