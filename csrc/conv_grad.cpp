@@ -378,6 +378,7 @@ struct WGeom {
 
 struct WScratch {
   float* xbuf;     // padded x rows of a chunk
+  float* dybuf;    // the chunk's dy rows, restrided (see weight_vertex)
   float* dwbuf;    // depthwise: R*S*K accumulators
   float* acc;      // [Kg][FL rounded up to 16] accumulators of one kernel row / segment
   std::vector<const float*> dyr, xr;
@@ -387,13 +388,20 @@ struct WScratch {
 constexpr int64_t kWBudget = 256 * 1024;
 
 struct WChunk {
-  int64_t Wp, cap;  // padded row width; floats of a thread's x buffer
+  int64_t Wp, cap, dcap;  // padded row width; floats of a thread's x and dy buffers
 };
+
+// A pixel stride of a multiple of 128 floats (512 B) puts a row's pixels in a few L1 sets
+// (C = 512: 8 of 64), so the kernel's working set thrashes L1; such rows are copied with 16
+// floats more per pixel.
+inline int64_t spread_stride(int64_t n) { return n % 128 == 0 ? n + 16 : n; }
 
 WChunk w_chunk(const WGeom& g) {
   WChunk c{};
   c.Wp = g.W + 2 * g.pw;
-  c.cap = std::max<int64_t>(kWBudget, ((g.R - 1) * g.dh + 1) * c.Wp * g.Cg) + kWLanes;
+  c.cap = std::max<int64_t>(kWBudget, ((g.R - 1) * g.dh + 1) * c.Wp * spread_stride(g.Cg)) +
+          kWLanes;
+  c.dcap = kWBudget + g.OW * (g.Kg + 32);  // a chunk's dy (need() <= kWBudget, or one row)
   return c;
 }
 
@@ -448,18 +456,24 @@ void weight_vertex(const WGeom& g, const WChunk& ch, const float* x, const float
     weight_vertex_depthwise(g, x, dy, out, vx, sc);
     return;
   }
-  const bool fused = g.dw == 1;               // the S taps of a row are contiguous in xbuf
+  const int64_t ps = spread_stride(CL);       // floats per pixel in xbuf
+  const bool fused = g.dw == 1 && ps == CL;   // the S taps of a row are contiguous in xbuf
   const int64_t FL = fused ? g.S * CL : CL;   // lanes of one segment
   const int64_t nseg = fused ? 1 : g.S;
-  const int64_t xstep = g.sw * CL;
-  const int64_t rowf = ch.Wp * CL;            // floats of one padded x row
+  const int64_t xstep = g.sw * ps;
+  const int64_t rowf = ch.Wp * ps;            // floats of one padded x row
+  // dy rows are read in place unless their pixel stride (K) is a multiple of 128 floats.
+  const bool copy_dy = spread_stride(g.K) != g.K;
   const int64_t FLp = (FL + 15) / 16 * 16;    // accumulator row stride
 
   // Chunk: images [na, na + nimg) x output rows [oa, oa + rows) (several whole images when
   // they fit the budget, else a band of rows of one image).
   auto xrows_of = [&](int64_t rows) { return (rows - 1) * g.sh + (r1 - 1 - r0) * g.dh + 1; };
+  // dy floats per pixel that a chunk holds (copied: restrided to kd_max at most)
+  const int64_t kd_max = copy_dy ? spread_stride((std::min(k1 - k0, g.Kg) + 15) / 16 * 16)
+                                 : k1 - k0;
   auto need = [&](int64_t rows, int64_t nimg) {
-    return nimg * (xrows_of(rows) * rowf + rows * g.OW * (k1 - k0));
+    return nimg * (xrows_of(rows) * rowf + rows * g.OW * kd_max);
   };
   const int64_t OHV = oh1 - oh0;
   int64_t rows = OHV, nimg = 1;
@@ -474,24 +488,33 @@ void weight_vertex(const WGeom& g, const WChunk& ch, const float* x, const float
   for (int64_t gi = k0 / g.Kg; gi <= (k1 - 1) / g.Kg; ++gi) {
     const int64_t ka = std::max(k0, gi * g.Kg), kb = std::min(k1, (gi + 1) * g.Kg);
     const int64_t cin = gi * g.Cg + c0;
+    const int64_t kd = copy_dy ? spread_stride((kb - ka + 15) / 16 * 16) : g.K;  // dy stride
+
     for (int64_t na = n0; na < n1; na += nimg)
       for (int64_t oa = oh0; oa < oh1; oa += rows) {
         const int64_t nb = std::min(n1, na + nimg), ob = std::min(oh1, oa + rows);
+        if (copy_dy)
+          for (int64_t n = na; n < nb; ++n)
+            for (int64_t oh = oa; oh < ob; ++oh)
+              for (int64_t ow = 0; ow < g.OW; ++ow)
+                std::memcpy(sc.dybuf + (((n - na) * rows + (oh - oa)) * g.OW + ow) * kd,
+                            dy + ((n * g.OH + oh) * g.OW + ow) * g.K + ka,
+                            size_t(kb - ka) * sizeof(float));
         // Padded x rows ih in [ihA, ihB] of each image, channels [cin, cin + CL).
         const int64_t ihA = oa * g.sh - g.ph + r0 * g.dh;
         const int64_t ihB = (ob - 1) * g.sh - g.ph + (r1 - 1) * g.dh;
         for (int64_t n = na; n < nb; ++n)
           for (int64_t ih = std::max<int64_t>(ihA, 0); ih <= std::min(ihB, g.H - 1); ++ih) {
             float* dst = sc.xbuf + (n - na) * img_f + (ih - ihA) * rowf;
-            std::fill_n(dst, g.pw * CL, 0.f);
-            std::fill_n(dst + (g.pw + g.W) * CL, g.pw * CL, 0.f);
+            std::fill_n(dst, g.pw * ps, 0.f);
+            std::fill_n(dst + (g.pw + g.W) * ps, g.pw * ps, 0.f);
             const float* src = x + ((n * g.H + ih) * g.W) * g.C + cin;
-            float* d = dst + g.pw * CL;
-            if (CL == g.C) {
+            float* d = dst + g.pw * ps;
+            if (CL == g.C && ps == CL) {
               std::memcpy(d, src, g.W * g.C * sizeof(float));
             } else {
               for (int64_t iw = 0; iw < g.W; ++iw)
-                std::memcpy(d + iw * CL, src + iw * g.C, CL * sizeof(float));
+                std::memcpy(d + iw * ps, src + iw * g.C, CL * sizeof(float));
             }
           }
         for (int64_t r = r0; r < r1; ++r) {
@@ -501,7 +524,8 @@ void weight_vertex(const WGeom& g, const WChunk& ch, const float* x, const float
             for (int64_t oh = oa; oh < ob; ++oh) {
               const int64_t ih = oh * g.sh - g.ph + r * g.dh;
               if (ih < 0 || ih >= g.H) continue;
-              sc.dyr[nrows] = dy + ((n * g.OH + oh) * g.OW) * g.K + ka;
+              sc.dyr[nrows] = copy_dy ? sc.dybuf + ((n - na) * rows + (oh - oa)) * g.OW * kd
+                                      : dy + ((n * g.OH + oh) * g.OW) * g.K + ka;
               sc.xr[nrows] = sc.xbuf + (n - na) * img_f + (ih - ihA) * rowf;
               ++nrows;
             }
@@ -519,13 +543,13 @@ void weight_vertex(const WGeom& g, const WChunk& ch, const float* x, const float
                 const int64_t nl = std::min<int64_t>(kWLanes, FL - jt);
                 const int NV = int((nl + 15) / 16);
                 const int tail = int(nl - (NV - 1) * 16);
-                const int64_t xoff = sg * g.dw * CL + jt;
+                const int64_t xoff = sg * g.dw * ps + jt;
                 for (int i = 0; i < nr; ++i) xrow[i] = sc.xr[rb + i] + xoff;
                 const int PR = wg_rows(NV);
                 for (int64_t kt = ka; kt < kb; kt += PR) {
                   const int P = int(std::min<int64_t>(PR, kb - kt));
                   for (int i = 0; i < nr; ++i) dyrow[i] = sc.dyr[rb + i] + (kt - ka);
-                  get_wg_kernel(P, NV)(dyrow, xrow, nr, g.OW, g.K, xstep, tail,
+                  get_wg_kernel(P, NV)(dyrow, xrow, nr, g.OW, kd, xstep, tail,
                                        A + (kt - ka) * FLp + jt, FLp);
                 }
               }
@@ -599,6 +623,8 @@ void run_weight(const WGeom& g, const FArr& x, const FArr& dy, float* o, int64_t
   const int64_t xper = dwise ? 0 : (ch.cap + 15) / 16 * 16;   // threads' buffers 64-B aligned
   const int64_t dper = dwise ? (g.R * g.S * g.K + 15) / 16 * 16 : 0;
   AlignedFloats xbuf(size_t(std::max<int64_t>(1, xper * nt)));
+  const int64_t dyper = dwise ? 0 : (ch.dcap + 15) / 16 * 16;
+  AlignedFloats dybuf(size_t(std::max<int64_t>(1, dyper * nt)));
   AlignedFloats dbuf(size_t(std::max<int64_t>(1, dper * nt)));
   const int64_t aper = dwise ? 0 : g.Kg * ((g.S * g.Cg + 15) / 16 * 16 + 16);
   AlignedFloats abuf(size_t(std::max<int64_t>(1, aper * nt)));
@@ -606,6 +632,7 @@ void run_weight(const WGeom& g, const FArr& x, const FArr& dy, float* o, int64_t
   for (int t = 0; t < nt; ++t) {
     scratch[t].acc = abuf.data() + aper * t;
     scratch[t].xbuf = xbuf.data() + xper * t;
+    scratch[t].dybuf = dybuf.data() + dyper * t;
     scratch[t].dwbuf = dbuf.data() + dper * t;
     scratch[t].dyr.resize(2 * g.N * g.OH + 2);
     scratch[t].xr.resize(2 * g.N * g.OH + 2);

@@ -37,6 +37,9 @@ CASES = {
     "nonsquare": (2, 4, 11, 16, 6, 3, 5, (2, 1), (1, 2), (1, 2), 1),
     "wide_c": (1, 70, 6, 5, 100, 3, 3, 1, 1, 1, 1),
     "stride3_pad0": (1, 3, 10, 11, 5, 2, 2, 3, 0, 1, 1),
+    # pixel strides of 128 floats: x and dy rows restrided in the weight gradient's buffers
+    "c128_k256": (2, 128, 7, 6, 256, 3, 3, 1, 1, 1, 1),
+    "c128_dilation2": (1, 128, 9, 8, 128, 3, 3, 1, 2, 2, 1),
 }
 
 
@@ -194,7 +197,8 @@ def test_direct_backward_data_splits(case):
 
 
 @pytest.mark.parametrize("case", ["odd_hw", "groups2_s2_d2", "depthwise", "depthwise_mult2",
-                                  "stem_7x7_s2", "nonsquare", "wide_c", "pad3_3x3"])
+                                  "stem_7x7_s2", "nonsquare", "wide_c", "pad3_3x3", "c128_k256",
+                                  "c128_dilation2"])
 def test_direct_backward_weight_splits(case):
     x, wt, dy, geom = _data(CASES[case], seed=4)
     n, c, h, w = x.shape
@@ -205,6 +209,11 @@ def test_direct_backward_weight_splits(case):
     args = (r, s, *_geom_args(geom))
     xn, dyn = _nhwc(x), _nhwc(dy)
     red_len = n * oh * dy.shape[3]
+    # One vertex: every channel.
+    out = np.full((k, r, s, cg), np.nan, np.float32)
+    _C.conv2d_backward_weight_nhwc(xn, dyn, out, np.array([[0, k, 0, cg, 0, r, 0, n, 0, oh]],
+                                                          np.int32), *args)
+    assert_close(out, ref, red_len, what=f"dw {case} one vertex")
     # Unsplit reduction: k x c x kh boxes.
     rows = [[k0, k1, c0, c1, r0, r1, 0, n, 0, oh]
             for k0, k1 in _splits(k, min(k, 3)) for c0, c1 in _splits(cg, min(cg, 2))
