@@ -15,6 +15,7 @@ void register_shape(py::module& m);
 void register_random(py::module& m);
 void register_probe(py::module& m);
 void register_winograd(py::module& m);
+void register_winograd_grad(py::module& m);
 }  // namespace ipugraph
 
 // One module per ISA build (setup.py names it: _C_avx512, _C_avx2, _C_portable); ipugraph/_C.py
@@ -50,5 +51,6 @@ PYBIND11_MODULE(IPUGRAPH_MODULE, m) {
   ipugraph::register_random(m);
   ipugraph::register_probe(m);
   ipugraph::register_winograd(m);
+  ipugraph::register_winograd_grad(m);
   m.def("num_threads", &ipugraph::max_threads, "OpenMP threads the codelets run on.");
 }

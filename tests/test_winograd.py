@@ -108,6 +108,63 @@ def test_backward_data_matches_float64(isa, tile, n, c, k, h, w, pad):
         assert _rel(out.transpose(0, 3, 1, 2), ref) < TOL[tile]
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n,c,k,h,w,pad", SHAPES)
+def test_backward_weight_matches_float64(isa, n, c, k, h, w, pad):
+    """dw of conv2d(x, w, padding=pad) by Winograd over 2x2 tiles of dy, on vertex boxes that
+    cut the channels (k at 20, c at 17) and on one whole box. Bound 1e-5 of max |dw|: the
+    transforms use 0, +-1 and 1/2 only, so this is the direct sum's rounding."""
+    C = ext.load(isa)
+    rng = np.random.default_rng(n * 77 + c + k + pad)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    oh, ow = h + 2 * pad - 2, w + 2 * pad - 2
+    dy = rng.standard_normal((n, k, oh, ow)).astype(np.float32)
+    ref = torch.nn.grad.conv2d_weight(torch.from_numpy(x).double(), (k, c, 3, 3),
+                                      torch.from_numpy(dy).double(), padding=pad).numpy()
+    xn = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    dyn = np.ascontiguousarray(dy.transpose(0, 2, 3, 1))
+    cut = lambda e, at: [(0, min(at, e)), (min(at, e), e)]
+    boxes = [[k0, k1, c0, c1] for k0, k1 in cut(k, 20) for c0, c1 in cut(c, 17)
+             if k1 > k0 and c1 > c0]
+    for verts in (boxes, [[0, k, 0, c]]):
+        out = np.full((k, 3, 3, c), np.nan, np.float32)
+        C.conv2d_backward_weight_winograd(xn, dyn, out, np.array(verts, np.int32), pad, pad)
+        assert not np.isnan(out).any(), "an element of dw was never written"
+        assert _rel(out.transpose(0, 3, 1, 2), ref) < 1e-5
+
+
+def test_backward_weight_many_tile_blocks():
+    """More tiles than one block holds (the accumulators carried across blocks) and channels
+    at 128 (restrided rows)."""
+    rng = np.random.default_rng(11)
+    n, c, k, h = 2, 128, 144, 40
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    dy = rng.standard_normal((n, k, h, h)).astype(np.float32)
+    ref = torch.nn.grad.conv2d_weight(torch.from_numpy(x).double(), (k, c, 3, 3),
+                                      torch.from_numpy(dy).double(), padding=1).numpy()
+    out = np.empty((k, 3, 3, c), np.float32)
+    ext.conv2d_backward_weight_winograd(np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
+                                        np.ascontiguousarray(dy.transpose(0, 2, 3, 1)), out,
+                                        np.array([[0, 64, 0, c], [64, k, 0, c]], np.int32), 1, 1)
+    assert _rel(out.transpose(0, 3, 1, 2), ref) < 1e-5
+
+
+def test_backward_weight_refuses_bad_arguments():
+    C = ext
+    x = np.zeros((1, 6, 6, 8), np.float32)
+    dy = np.zeros((1, 6, 6, 4), np.float32)
+    out = np.zeros((4, 3, 3, 8), np.float32)
+    v = np.array([[0, 4, 0, 8]], np.int32)
+    with pytest.raises(ValueError, match="not the 3x3 stride-1 conv output"):
+        C.conv2d_backward_weight_winograd(x, dy[:, :5], out, v, 1, 1)
+    with pytest.raises(ValueError, match=r"out has shape \(4, 3, 3, 7\)"):
+        C.conv2d_backward_weight_winograd(x, dy, out[..., :7].copy(), v, 1, 1)
+    with pytest.raises(ValueError, match="pads must be in"):
+        C.conv2d_backward_weight_winograd(x, dy, out, v, 3, 3)
+    with pytest.raises(ValueError, match="input channel"):
+        C.conv2d_backward_weight_winograd(x, dy, out, np.array([[0, 4, 0, 9]], np.int32), 1, 1)
+
+
 def test_transformed_weights_from_channels_last_storage():
     rng = np.random.default_rng(1)
     w = rng.standard_normal((37, 19, 3, 3)).astype(np.float32)
@@ -199,8 +256,8 @@ def test_planner_chooses_per_layer_and_says_so():
 
 @pytest.mark.parametrize("tile", TILES)
 def test_training_step_by_winograd_matches_direct(tile):
-    """Forward and backward-data by Winograd: the gradients of a conv stack match the direct
-    method's (float32 both; the bound is Winograd's)."""
+    """Forward, backward-data and backward-weight by Winograd: the gradients of a conv stack
+    match the float64 reference (the bound is Winograd's)."""
     def build():
         g = ig.Graph(ig.Target.host(), name="wino_train")
         x = g.input("x", (3, 20, 9, 11))
@@ -217,8 +274,10 @@ def test_training_step_by_winograd_matches_direct(tile):
     g = build()
     eng = ig.compile(g, methods=(METHOD[tile],))
     methods = {cs.op: cs.method for cs in eng.program.compute_sets
-               if cs.op == "conv2d_backward_data"}
-    assert methods == {"conv2d_backward_data": METHOD[tile]}
+               if cs.op.startswith("conv2d_backward")}
+    assert methods["conv2d_backward_data"] == METHOD[tile]
+    if tile == 2:   # the weight gradient's Winograd method is over 2x2 tiles of dy
+        assert methods["conv2d_backward_weight"] == "winograd2x2"
     got = eng.run({"x": x})
     want = ig.compile(build(), backend="reference").run({"x": x})
     for name in ("loss", "d_w0", "d_w1"):

@@ -407,8 +407,63 @@ def conv2d_backward_data_op(dy, w, *, stride, padding, dilation, groups, input_s
     return dxp[:, :, :, ph:ph + h, pw:pw + wd].reshape(n, groups * cg, h, wd)
 
 
+# The weight gradient by Winograd over 2x2 tiles of dy (csrc/winograd_grad.cpp), costed in the
+# direct space's units (MACs) from times on 2 threads of this project's AVX-512 machine: the
+# transforms ~2500 MAC-equivalents per tile per 16 channels of x or dy, and the 16 x K x C
+# accumulators, where they exceed L2, re-read and re-written once per block of tiles.
+WINO_GRAD_TRANSFORM = 2500
+WINO_GRAD_BLOCK = 8 << 20         # bytes of transformed x and dy per block (the codelet's)
+
+
+def winograd_grad_applies(node) -> bool:
+    """The weight gradient of a conv F(2x2, 3x3) applies to (winograd_applies)."""
+    a = node.attrs
+    x, dy = node.inputs
+    return (tuple(a["kernel"]) == (3, 3) and a["stride"] == (1, 1) and a["dilation"] == (1, 1)
+            and a["groups"] == 1 and max(a["padding"]) <= 2 and x.dtype == "float32"
+            and dy.dtype == "float32")
+
+
+def _bwd_weight_winograd_space(node, target, direct: Space) -> Space:
+    """Split over the gradient's out- and in-channels only: each vertex takes every tile (its
+    16 GEMMs reduce over all of them), so there are no partial sums."""
+    x, dy = node.inputs
+    n, _, oh, ow = dy.shape
+    tiles = n * -(-oh // 2) * -(-ow // 2)
+    item = x.itemsize
+    macs_per_byte = target.macs_per_cycle / target.spill_bytes_per_cycle
+
+    def slice_cost(sizes):
+        sk, sc = sizes[..., 0], sizes[..., 1]
+        scp = -(-sc // 16) * 16
+        gemm = 16.0 * tiles * sk * scp
+        transforms = WINO_GRAD_TRANSFORM * tiles * (-(-sc // 16) + -(-sk // 16))
+        m_bytes = 16.0 * sk * scp * item
+        blocks = np.ceil(16.0 * tiles * (scp + sk) * item / WINO_GRAD_BLOCK)
+        traffic = np.where(m_bytes > WINO_V_BUDGET, m_bytes * (2 * blocks + 2), 0.0)
+        x_b = n * sc * x.shape[2] * x.shape[3] * item
+        dy_b = n * sk * oh * ow * item
+        return gemm + transforms + traffic * macs_per_byte, x_b + dy_b, np.zeros_like(x_b), \
+            sk * sc * 9 * item
+
+    def boxes(table):
+        whole = np.tile(np.array([0, 3, 0, n, 0, oh], table.dtype), (len(table), 1))
+        return direct.boxes(np.concatenate([table, whole], axis=1))
+
+    return Space((Dim("k", node.output.shape[0], target.channel_grain),
+                  Dim("c", node.output.shape[1], target.channel_grain)), slice_cost, boxes,
+                 codelet="supervisor", rate="macs", method="winograd2x2")
+
+
+def _bwd_weight_spaces(node, target):
+    direct = _bwd_weight_space(node, target)
+    if target.memory_is_cache and winograd_grad_applies(node):
+        return [direct, _bwd_weight_winograd_space(node, target, direct)]
+    return [direct]
+
+
 @defop("conv2d_backward_weight", infer=_bwd_weight_infer, cost=_bwd_cost,
-       space=_bwd_weight_space,
+       space=_bwd_weight_spaces,
        attrs={"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1,
               "kernel": (1, 1)})
 def conv2d_backward_weight_op(x, dy, *, stride, padding, dilation, groups, kernel):

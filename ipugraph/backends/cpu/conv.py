@@ -236,6 +236,16 @@ def conv2d_backward_weight_cpu(ctx: Context, cs) -> Kernel:
     out = check_array(ctx.storage(cs.output), storage_shape(cs.output), f"{what} output")
     epi = program_epilogue(ctx, cs)
     n, oh = dy.shape[0], dy.shape[1]
+    if cs.method == "winograd2x2":      # csrc/winograd_grad.cpp: every tile per vertex
+        verts = cs.table("k", "c")
+        ph, pw = a["padding"]
+        everything = np.array([[0, out.size]], np.int32)
+
+        def run_winograd():
+            C.conv2d_backward_weight_winograd(x, dy, out, verts, ph, pw)
+            if epi is not None:
+                C.pointwise(epi, everything)
+        return Kernel(node.name, run_winograd)
     cols = nonempty(cs.table(*WEIGHT_DIMS, extents=(kk, cg, r, n, oh)), 6, (n, oh))
     red = cols[:, 6:10]
     split = not ((red[:, 0] == 0) & (red[:, 1] == n) & (red[:, 2] == 0) & (red[:, 3] == oh)).all()
