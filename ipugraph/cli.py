@@ -359,10 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ipugraph", description="Plan, run and benchmark ipugraph models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    bench = sub.add_parser("bench", help="time a model on a backend against PyTorch",
-                           description="Time MODEL on an ipugraph backend and, with --compare "
-                           "torch, the same network and weights in PyTorch, interleaved in one "
-                           "process on the same threads; prints medians.")
+    bench = sub.add_parser("bench", help="time a model on a backend against its peers",
+                           description="Time MODEL on an ipugraph backend and, with --compare, "
+                           "the same network and weights in PyTorch, ONNX Runtime and OpenVINO "
+                           "(via an ONNX export of the torch twin), in one process on the same "
+                           "threads, each runtime timed in its own blocks (warm-up, then the "
+                           "timed calls; --rounds); prints the best round's medians and the "
+                           "ratio to the fastest peer.")
     bench.add_argument("model", choices=MODEL_NAMES)
     bench.add_argument("--backend", choices=BACKEND_NAMES, default="cpu")
     bench.add_argument("--target", choices=TARGET_NAMES, default="host",
