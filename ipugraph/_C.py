@@ -65,12 +65,11 @@ def _choose() -> str:
     return runnable[0]
 
 
-# Idle OpenMP workers keep spinning (libgomp reads this when it loads, with the extension):
-# on a quiet machine it costs nothing against libgomp's default (spin ~300k iterations, then
-# sleep), and with one core taken by another process a ResNet-18 32^2 training step slowed
-# 2.7-3.9x instead of 4.1-4.8x; PASSIVE degraded least (1.9x) but cost 67-71 % on a quiet
-# machine (bench/bench_threads.py, bench/results/threads_cpu.json). A user's setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+# libgomp's own wait policy is kept (idle workers spin ~300k iterations, then sleep):
+# bench/bench_threads.py measured OMP_WAIT_POLICY=ACTIVE degrading less with a core taken by
+# another process (2.7-3.9x slower instead of 4.1-4.8x) at no quiet cost, but its workers spin
+# on between runs and starve every other runtime in the process (ONNX Runtime 2.5x slower in
+# one bench run); PASSIVE degraded least (1.9x) but cost 67-71 % on a quiet machine.
 
 isa = _choose()
 _module = load(isa)

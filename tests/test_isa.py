@@ -30,14 +30,3 @@ def test_kernel_suites_on_other_isa(isa):
                            *[str(HERE / m) for m in MODULES]],
                           env=env, capture_output=True, text=True, cwd=HERE.parent)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-
-
-def test_wait_policy_is_active_unless_the_user_chose():
-    code = "import os, ipugraph._C; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
-    assert out == "ACTIVE"
-    out = subprocess.run([sys.executable, "-c", code], env=dict(env, OMP_WAIT_POLICY="PASSIVE"),
-                         capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "PASSIVE"
