@@ -1,7 +1,7 @@
 """Loading the extension (ipugraph/_C.py): every kernel module's tests on each other ISA
 build this CPU runs (the best loads by default, IPUGRAPH_ISA chooses; the AVX2 kernels checked
 against the same float64 references on an AVX-512 machine, in a subprocess since the build is
-chosen at import), and the OpenMP wait policy it sets."""
+chosen at import)."""
 from __future__ import annotations
 
 import os
