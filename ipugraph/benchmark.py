@@ -83,6 +83,25 @@ class OtherLoad:
 BUSY_CORES = 0.25        # other processes' cores above which a block's times are inflated
 
 
+def fma_probe(seconds: float = 0.3) -> float | None:
+    """GFLOP/s of the extension's FMA loop on the OpenMP threads right now (None without the
+    extension). A virtual machine whose host is busy shows no other processes, only a lower
+    figure than the same machine's quiet peak (the cores are shared): printed beside a bench's
+    times, before and after them, so a contended run can be told from a quiet one."""
+    try:
+        from . import _C
+    except ImportError:
+        return None
+    return float(_C.fma_peak(seconds))
+
+
+def probe_text(before: float | None, after: float | None) -> str:
+    if before is None or after is None:
+        return ""
+    return (f"FMA probe {before:.0f} GFLOP/s before the timed blocks, {after:.0f} after (lower "
+            "than this machine's quiet figure: its cores were shared with another guest)")
+
+
 # -- timing ------------------------------------------------------------------------------------
 
 def measure(runners: dict, warmup: int, iters: int, rounds: int = 2) -> dict[str, dict]:

@@ -24,7 +24,8 @@ import time
 import numpy as np
 
 from .backends import NAMES as BACKEND_NAMES
-from .benchmark import (BUSY_CORES, cpu_model, figures, measure, parse_compare, peer_runners,
+from .benchmark import (BUSY_CORES, cpu_model, figures, fma_probe, measure, parse_compare,
+                        peer_runners, probe_text,
                         print_profile, profile_runs, progress, rel_error, require, table)
 from .models import MODELS
 
@@ -288,7 +289,9 @@ def cmd_bench(args) -> int:
     agree = all(err <= AGREE_REL_ERROR for err in errors.values())
 
     load_start = os.getloadavg()
+    probe = [fma_probe() if args.backend == "cpu" else None]
     measured = measure(runners, args.warmup, args.iters, args.rounds)
+    probe.append(fma_probe() if args.backend == "cpu" else None)
     load_end = os.getloadavg()
     results = {name: figures(rec["best"], args.batch, macs, rec) for name, rec in measured.items()}
     peer_names = [n for n in results if n != "ipugraph"]
@@ -320,6 +323,8 @@ def cmd_bench(args) -> int:
           f"calls, {args.rounds} rounds, best round's median; {cores} cores ({cpu_model()})"
           + (f"; BUSY (other processes used >= {BUSY_CORES} cores) during: {', '.join(busy)}: "
              "those times are inflated, re-run" if busy else "; quiet"))
+    if probe_text(*probe):
+        print(probe_text(*probe))
     prof = profile_runs(engine, {"x": x}, args.iters) if args.profile else None
     if args.profile:
         print_profile(prof, args.iters)
@@ -343,7 +348,8 @@ def cmd_bench(args) -> int:
             "machine": {"cpu_model": cpu_model(), "cores": cores,
                         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                         "loadavg_start": load_start, "loadavg_end": load_end,
-                        "busy_runtimes": busy, "platform": platform.platform()},
+                        "busy_runtimes": busy, "platform": platform.platform(),
+                        "fma_probe_gflops_before_after": probe},
             "versions": {"ipugraph": __version__, "python": platform.python_version(),
                          "numpy": np.__version__, **versions},
             "extension": extension_info() if args.backend == "cpu" else None,

@@ -121,7 +121,9 @@ def bench_train(cli, args, peers=("torch",)) -> int:
             first["torch channels_last"])
         cli.progress(f"first-step loss: ipugraph {first['ipugraph']:.6f}, torch "
                      f"{first['torch channels_last']:.6f} (rel. difference {error:.1e})")
+    probe = [cli.fma_probe() if args.backend == "cpu" else None]
     measured = cli.measure(runners, args.warmup, args.iters, args.rounds)
+    probe.append(cli.fma_probe() if args.backend == "cpu" else None)
     # the training graph's macs() already counts forward, backward-data and backward-weight
     results = {name: cli.figures(rec["best"], args.batch, macs, rec)
                for name, rec in measured.items()}
@@ -143,6 +145,8 @@ def bench_train(cli, args, peers=("torch",)) -> int:
           f"cores ({cli.cpu_model()})"
           + (f"; BUSY during: {', '.join(busy)}: those times are inflated, re-run" if busy
              else "; quiet"))
+    if cli.probe_text(*probe):
+        print(cli.probe_text(*probe))
     feeds = {"x": x, "labels": y, "lr": lr}
     prof = cli.profile_runs(engine, feeds, args.iters) if args.profile else None
     if args.profile:
@@ -158,7 +162,8 @@ def bench_train(cli, args, peers=("torch",)) -> int:
             "warmup": args.warmup, "iters": args.iters, "rounds": args.rounds,
             "timing": "each runtime in its own block; the best round's median",
             "machine": {"cpu_model": cli.cpu_model(), "busy_runtimes": busy,
-                        "platform": platform.platform()},
+                        "platform": platform.platform(),
+                        "fma_probe_gflops_before_after": probe},
             "versions": {"ipugraph": __version__, "numpy": np.__version__,
                          "torch": torch.__version__ if torch else None},
             "profile": prof.to_dict() if prof is not None else None})
