@@ -41,10 +41,13 @@ constexpr int64_t kBlockFloats = 2 << 20;      // the most X + D of one block (8
 // M fits L2 too, else a few large blocks cost less than many small ones.
 int64_t grad_tile_block(int64_t T, int64_t KL, int64_t CLp, int64_t ps, int64_t kd) {
   const int64_t per_tile = kXi * (ps + kd);
-  const int64_t small = std::clamp<int64_t>(kL2Floats / per_tile, 6, T);
+  auto fit = [&](int64_t floats) {  // tiles of a block of `floats`: >= 6 and <= T (>= 1)
+    return std::max<int64_t>(1, std::min(T, std::max<int64_t>(6, floats / per_tile)));
+  };
+  const int64_t small = fit(kL2Floats);
   const int64_t m = kXi * KL * CLp;
-  if (m <= kL2Floats || small == T) return small;
-  const int64_t all = std::clamp<int64_t>(kBlockFloats / per_tile, 6, T);
+  if (m <= kL2Floats || small >= T) return small;
+  const int64_t all = fit(kBlockFloats);
   const double cost_small = double((T + small - 1) / small) * 2.0 * double(m);
   const double cost_all = double((T + all - 1) / all) * 2.0 * double(m) +
                           2.0 * double(per_tile) * double(T);
