@@ -540,18 +540,18 @@ void run_weight(const WGeom& g, const FArr& x, const FArr& dy, float* o, int64_t
   const bool dwise = g.Cg == 1 && g.Kg == 1;
   const int64_t xper = dwise ? 0 : (ch.cap + 15) / 16 * 16;   // threads' buffers 64-B aligned
   const int64_t dper = dwise ? (g.R * g.S * g.K + 15) / 16 * 16 : 0;
-  AlignedFloats xbuf(size_t(std::max<int64_t>(1, xper * nt)));
+  float* xbuf = scratch_floats(0, size_t(std::max<int64_t>(1, xper * nt)));
   const int64_t dyper = dwise ? 0 : (ch.dcap + 15) / 16 * 16;
-  AlignedFloats dybuf(size_t(std::max<int64_t>(1, dyper * nt)));
-  AlignedFloats dbuf(size_t(std::max<int64_t>(1, dper * nt)));
+  float* dybuf = scratch_floats(1, size_t(std::max<int64_t>(1, dyper * nt)));
+  float* dbuf = scratch_floats(2, size_t(std::max<int64_t>(1, dper * nt)));
   const int64_t aper = dwise ? 0 : g.Kg * ((g.S * g.Cg + 15) / 16 * 16 + 16);
-  AlignedFloats abuf(size_t(std::max<int64_t>(1, aper * nt)));
+  float* abuf = scratch_floats(3, size_t(std::max<int64_t>(1, aper * nt)));
   std::vector<WScratch> scratch(nt);
   for (int t = 0; t < nt; ++t) {
-    scratch[t].acc = abuf.data() + aper * t;
-    scratch[t].xbuf = xbuf.data() + xper * t;
-    scratch[t].dybuf = dybuf.data() + dyper * t;
-    scratch[t].dwbuf = dbuf.data() + dper * t;
+    scratch[t].acc = abuf + aper * t;
+    scratch[t].xbuf = xbuf + xper * t;
+    scratch[t].dybuf = dybuf + dyper * t;
+    scratch[t].dwbuf = dbuf + dper * t;
     scratch[t].dyr.resize(2 * g.N * g.OH + 2);
     scratch[t].xr.resize(2 * g.N * g.OH + 2);
   }

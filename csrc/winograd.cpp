@@ -45,9 +45,10 @@ struct WGeom {
   int64_t N, H, W, C, K, OH, OW, ph, pw, KB, Cp, TH, TW;
 };
 
-// Per-thread buffers, allocated with the GIL held.
+// Per-thread buffers (common.h scratch_floats), uninitialised: every element is written before
+// it is read.
 struct WScratch {
-  std::unique_ptr<float[]> V, M, acc;   // uninitialised: every element is written before read
+  float *V, *M, *acc;
 };
 
 // Input transform of tile (n, th, tw) into V[xi][slot][:] (xi stride vstride).
@@ -137,9 +138,9 @@ void winograd_vertex(const WGeom& g, const float* x, const float* U, const float
   const int64_t grp = kMaxNB * kAccStride;  // M: a microkernel's acc per group of 6 tiles
   const int64_t mstride = (TB + kMaxPix - 1) / kMaxPix * grp + 16;
   const int64_t ustride = g.KB * g.C * kBlock;
-  float* V = sc.V.get();
-  float* M = sc.M.get();
-  float* acc = sc.acc.get();                // kMaxNB * kAccStride
+  float* V = sc.V;
+  float* M = sc.M;
+  float* acc = sc.acc;                      // kMaxNB * kAccStride
   float* tmp = acc + kMaxNB * kAccStride;   // a^2 x 16: the half-transformed tile
   const float* xseg[kMaxPix];
   const float* wseg[1];
@@ -370,12 +371,16 @@ void conv2d_winograd(const FArr& x, const FArr& U, std::optional<FArr> bias,
     TB = std::max(TB, tile_block(g, xis, vertex_tiles(row, tile), int64_t(row[3]) - row[2]));
   }
   const int nt = max_threads();
+  const size_t nv = size_t((xis * (TB * g.Cp + 16) + 15) / 16 * 16);
+  const size_t nm =
+      size_t((xis * ((TB + kMaxPix - 1) / kMaxPix * kMaxNB * kAccStride + 16) + 15) / 16 * 16);
+  const size_t na = size_t((kMaxNB * kAccStride + xis * 16 + 15) / 16 * 16);
+  float* vbuf = scratch_floats(0, nv * size_t(nt));
+  float* mbuf = scratch_floats(1, nm * size_t(nt));
+  float* abuf = scratch_floats(2, na * size_t(nt));
   std::vector<WScratch> scratch(static_cast<size_t>(nt));
-  for (auto& s : scratch) {
-    s.V.reset(new float[size_t(xis * (TB * g.Cp + 16))]);
-    s.M.reset(new float[size_t(xis * ((TB + kMaxPix - 1) / kMaxPix * kMaxNB * kAccStride + 16))]);
-    s.acc.reset(new float[size_t(kMaxNB * kAccStride + xis * 16)]);
-  }
+  for (int t = 0; t < nt; ++t)
+    scratch[size_t(t)] = {vbuf + nv * size_t(t), mbuf + nm * size_t(t), abuf + na * size_t(t)};
   std::vector<float> zeros(size_t(g.Cp) + 16, 0.f);
   const int64_t per = epilogue_prog ? epilogue_prog->scratch_floats() : 0;
   std::vector<float> epi_scratch(size_t(per) * size_t(nt));

@@ -235,7 +235,8 @@ void conv2d_backward_weight_winograd(const FArr& x, const FArr& dy, py::array ou
     m = std::max(m, kXi * KL * CLp + 16);
   }
   const int nt = max_threads();
-  AlignedFloats xdbuf(size_t(xd) * size_t(nt)), mbuf(size_t(m) * size_t(nt));
+  float* xdbuf = scratch_floats(0, size_t(xd) * size_t(nt));
+  float* mbuf = scratch_floats(1, size_t(m) * size_t(nt));
   std::vector<float> zeros(size_t(g.C + g.K) + 16, 0.f);
   const float* xp = x.data();
   const float* dp = dy.data();
@@ -243,8 +244,8 @@ void conv2d_backward_weight_winograd(const FArr& x, const FArr& dy, py::array ou
     const int64_t KL = row[1] - row[0], CLp = (int64_t(row[3]) - row[2] + 15) / 16 * 16;
     const int64_t ps = spread_stride(CLp), kd = spread_stride((KL + 15) / 16 * 16);
     const int64_t TB = grad_tile_block(g.T, KL, CLp, ps, kd);
-    GScratch sc{xdbuf.data() + xd * t, xdbuf.data() + xd * t + kXi * TB * ps,
-                mbuf.data() + m * t};
+    GScratch sc{xdbuf + xd * t, xdbuf + xd * t + kXi * TB * ps,
+                mbuf + m * t};
     grad_vertex(g, xp, dp, o, row, zeros.data(), sc);
   });
 }
