@@ -226,6 +226,32 @@ def test_pack_conv_weight_layout():
                 assert not p[g, kk // 16, :, :, :, kk % 16].any()
 
 
+@pytest.mark.parametrize("name,args", [
+    ("pack_conv_weight", lambda w: (w, 2)),
+    ("pack_conv_data_weight", lambda w: (w, 2)),
+    ("pack_matmul_weight", lambda w: (w.reshape(40, -1), True)),
+    ("winograd_weights", lambda w: (w, False, 4)),
+])
+def test_packers_reuse_a_buffer_given_into(name, args):
+    """into= (a trained weight repacked every step) overwrites the earlier result in place,
+    equal to a fresh packing; a buffer of the wrong size or one that overlaps the weight is
+    refused naming the call."""
+    rng = np.random.default_rng(3)
+    fn = getattr(_C, name)
+    w1, w2 = (rng.standard_normal((40, 5, 3, 3), dtype=np.float32) for _ in range(2))
+    buf = fn(*args(w1))
+    again = fn(*args(w2), into=buf)
+    assert np.shares_memory(again, buf)
+    np.testing.assert_array_equal(buf, fn(*args(w2)))
+    with pytest.raises(ValueError, match=f"{name}: into has shape"):
+        fn(*args(w2), into=buf[:-1].copy())
+    # the weight's storage inside the buffer it would be packed into
+    wide = np.zeros(buf.size + w2.size, np.float32)
+    inside = wide[buf.size - 16:buf.size - 16 + w2.size].reshape(w2.shape)
+    with pytest.raises(ValueError, match=f"{name}: out .* overlaps the weight"):
+        fn(*args(inside), into=wide[:buf.size])
+
+
 # --------------------------------------------------------------------------- matmul
 @pytest.mark.parametrize("M,K,N,transposed,use_b,relu", [
     (1, 1, 1, False, False, False),
