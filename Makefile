@@ -31,8 +31,12 @@ install: $(STAMP)
 
 # The build tools live in .venv (no build isolation) so that build_ext below
 # uses the same pybind11. The editable install builds the extension once; later edits to csrc/ rebuild it here.
+# (Skipped when every ISA build is newer than every source: the install has just built them.)
 $(EXT): $(STAMP) $(CSRC)
-	$(PY) setup.py -q build_ext --inplace
+	@oldest=$$(ls -t ipugraph/_C_*.so 2>/dev/null | tail -1); \
+	if [ -n "$$oldest" ] && [ -z "$$(find $(CSRC) setup.py -newer $$oldest)" ]; then \
+	    echo "C++ extension up to date ($$(ls ipugraph/_C_*.so | wc -l) ISA builds)"; \
+	else $(PY) setup.py -q build_ext --inplace; fi
 	touch $@
 
 ext: $(EXT)
