@@ -4,10 +4,9 @@
 // F(2x2, 3x3) computes y = A^T [(G g G^T) (.) (B^T d B)] A. Read as a trilinear form in
 // (y, g, d), its derivative in g is the weight gradient of one tile:
 //     dw_tile = G^T [ (A dy A^T) (.) (B^T x B) ] G
-// (the transpose of F(2x2, 3x3) is F(3x3, 2x2), as in the matrix-exchange construction of
-// Winograd's algorithms; see Lavin & Gray 2016, section 4, and Barabasz & Gregg, "Winograd
-// convolution for DNNs: beyond linear polynomials", 2019). The sum over tiles commutes with
-// G^T . G, so per position xi of the 4x4 domain it is one GEMM over the tiles t:
+// (F(2x2, 3x3) as in Lavin & Gray, CVPR 2016; transposing its bilinear algorithm -- the
+// transposition, or matrix-exchange, principle -- gives F(3x3, 2x2)). The sum over tiles
+// commutes with G^T . G, so per position xi of the 4x4 domain it is one GEMM over the tiles t:
 //     M[xi][k][c] = sum_t D[xi][t][k] X[xi][t][c],  D = A dy A^T,  X = B^T x B,
 // 16 multiplications per (tile, k, c) instead of 36: 2.25x fewer. The transforms use 0, +-1 and
 // 1/2 only, so the result is the direct sum's but for rounding.
