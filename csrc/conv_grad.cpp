@@ -317,8 +317,8 @@ struct WChunk {
 WChunk w_chunk(const WGeom& g) {
   WChunk c{};
   c.Wp = g.W + 2 * g.pw;
-  c.cap = std::max<int64_t>(kWBudget, ((g.R - 1) * g.dh + 1) * c.Wp * spread_stride(g.Cg)) +
-          kWLanes;
+  // a vertex's pixel stride is spread_stride(c1 - c0) <= Cg + 16 (not monotone in c1 - c0)
+  c.cap = std::max<int64_t>(kWBudget, ((g.R - 1) * g.dh + 1) * c.Wp * (g.Cg + 16)) + kWLanes;
   c.dcap = kWBudget + g.OW * (g.Kg + 32);  // a chunk's dy (need() <= kWBudget, or one row)
   return c;
 }

@@ -236,6 +236,20 @@ def test_direct_backward_weight_splits(case):
     assert_close(out, ref, red_len, what=f"dw {case} n/oh split")
 
 
+def test_weight_gradient_row_buffer_holds_a_restrided_vertex():
+    """A vertex of 128 of 130 channels is restrided to 144 floats a pixel, more than the
+    whole row's 130: the chunk buffer must hold one such row of a wide map (it overflowed)."""
+    x, wt, dy, geom = _data((1, 130, 3, 700, 16, 3, 3, 1, (0, 1), 1, 1), seed=6)
+    _, rdw = _torch_grads(x, wt, dy, geom)
+    ref = rdw.transpose(0, 2, 3, 1)
+    args = (3, 3, *_geom_args(geom))
+    out = np.full((16, 3, 3, 130), np.nan, np.float32)
+    rows = [[0, 8, 0, 128, 0, 3, 0, 1, 0, 1], [8, 16, 0, 128, 0, 3, 0, 1, 0, 1],
+            [0, 16, 128, 130, 0, 3, 0, 1, 0, 1]]
+    _C.conv2d_backward_weight_nhwc(_nhwc(x), _nhwc(dy), out, np.array(rows, np.int32), *args)
+    assert_close(out, ref, dy.shape[2] * dy.shape[3], what="dw c=128 of 130, W=700")
+
+
 def test_direct_validation_errors():
     x, wt, dy, geom = _data(CASES["stride2_odd"])
     n, c, h, w = x.shape
