@@ -57,6 +57,22 @@ struct GGeom {
   int64_t N, H, W, C, K, OH, OW, ph, pw, TH, TW, T;
 };
 
+// A vertex's channel counts, padded row strides of X (ps) and D (kd), and tiles per block.
+struct GLayout {
+  int64_t KL, CL, CLp, ps, kd, TB;
+};
+
+GLayout grad_layout(const GGeom& g, const int32_t* vx) {
+  GLayout l{};
+  l.KL = int64_t(vx[1]) - vx[0];
+  l.CL = int64_t(vx[3]) - vx[2];
+  l.CLp = (l.CL + 15) / 16 * 16;
+  l.ps = spread_stride(l.CLp);
+  l.kd = spread_stride((l.KL + 15) / 16 * 16);
+  l.TB = grad_tile_block(g.T, l.KL, l.CLp, l.ps, l.kd);
+  return l;
+}
+
 // A dy A^T for one column pair (dy rows 0, 1): A = [[1,0],[1,1],[1,-1],[0,-1]].
 inline void a_col(V16 y0, V16 y1, V16* r) {
   r[0] = y0;
@@ -115,13 +131,11 @@ void output_transform(const GGeom& g, const float* M, int64_t mstride, int64_t l
 
 void grad_vertex(const GGeom& g, const float* x, const float* dy, float* out, const int32_t* vx,
                  const float* zeros, const GScratch& sc) {
-  const int64_t k0 = vx[0], k1 = vx[1], c0 = vx[2], c1 = vx[3];
-  const int64_t KL = k1 - k0, CL = c1 - c0;
+  const int64_t k0 = vx[0], c0 = vx[2];
+  const GLayout l = grad_layout(g, vx);
+  const int64_t KL = l.KL, CL = l.CL, CLp = l.CLp, ps = l.ps, kd = l.kd, TB = l.TB;
   if (KL <= 0 || CL <= 0) return;
-  const int64_t CLp = (CL + 15) / 16 * 16;
-  const int64_t ps = spread_stride(CLp), kd = spread_stride((KL + 15) / 16 * 16);
-  const int64_t TB = grad_tile_block(g.T, KL, CLp, ps, kd);
-  float* M = sc.M;                           // [16][KL][CLp], when more than one block
+  float* M = sc.M;                           // [16][KL][CLp]
   std::fill_n(M, kXi * KL * CLp, 0.f);
   alignas(64) float tmp[kXi * 16], pad[16 * 16];
   for (int64_t t0 = 0; t0 < g.T; t0 += TB) {
@@ -227,11 +241,9 @@ void conv2d_backward_weight_winograd(const FArr& x, const FArr& dy, py::array ou
   // Per-thread scratch for the largest vertex.
   int64_t xd = 1, m = 1;
   for (py::ssize_t v = 0; v < V; ++v) {
-    const int32_t* row = vertices.data() + 4 * v;
-    const int64_t KL = row[1] - row[0], CLp = (int64_t(row[3]) - row[2] + 15) / 16 * 16;
-    const int64_t ps = spread_stride(CLp), kd = spread_stride((KL + 15) / 16 * 16);
-    xd = std::max(xd, kXi * grad_tile_block(g.T, KL, CLp, ps, kd) * (ps + kd) + 64);
-    m = std::max(m, kXi * KL * CLp + 16);
+    const GLayout l = grad_layout(g, vertices.data() + 4 * v);
+    xd = std::max(xd, kXi * l.TB * (l.ps + l.kd) + 64);
+    m = std::max(m, kXi * l.KL * l.CLp + 16);
   }
   const int nt = max_threads();
   float* xdbuf = scratch_floats(0, size_t(xd) * size_t(nt));
@@ -240,11 +252,8 @@ void conv2d_backward_weight_winograd(const FArr& x, const FArr& dy, py::array ou
   const float* xp = x.data();
   const float* dp = dy.data();
   for_each_vertex(vertices.data(), V, 4, [&](const int32_t* row, int t) {
-    const int64_t KL = row[1] - row[0], CLp = (int64_t(row[3]) - row[2] + 15) / 16 * 16;
-    const int64_t ps = spread_stride(CLp), kd = spread_stride((KL + 15) / 16 * 16);
-    const int64_t TB = grad_tile_block(g.T, KL, CLp, ps, kd);
-    GScratch sc{xdbuf + xd * t, xdbuf + xd * t + kXi * TB * ps,
-                mbuf + m * t};
+    const GLayout l = grad_layout(g, row);
+    GScratch sc{xdbuf + xd * t, xdbuf + xd * t + kXi * l.TB * l.ps, mbuf + m * t};
     grad_vertex(g, xp, dp, o, row, zeros.data(), sc);
   });
 }
