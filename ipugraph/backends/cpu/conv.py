@@ -26,7 +26,7 @@ from ..layout import storage_shape
 from ..registry import lowering
 from .common import C, Context, Kernel, check_array, packing
 from .partials import SplitReduction, nonempty, split_kernel
-from .pointwise import anchor_epilogue, program_epilogue
+from .pointwise import anchor_epilogue, program_epilogue, then_epilogue
 
 CONV_DIMS = ("n", "k", "oh", "ow", "c", "kh")   # c: input channels within a group; kh: rows
 DATA_DIMS = ("n", "c", "ih", "iw", "k")          # k: output channels within a group (reduced)
@@ -205,15 +205,8 @@ def conv2d_backward_data_cpu(ctx: Context, cs) -> Kernel:
 
     if not split:
         verts = np.ascontiguousarray(cols[:, :10])
-        if epi is None:
-            return Kernel(node.name,
-                          lambda: C.conv2d_backward_data_nhwc(dy, packed["w"], out, verts, *geom),
-                          **packing(prepare, (w_t,), dynamic))
-        everything = np.array([[0, out.size]], np.int32)
-
-        def run():
-            C.conv2d_backward_data_nhwc(dy, packed["w"], out, verts, *geom)
-            C.pointwise(epi, everything)
+        run = then_epilogue(
+            lambda: C.conv2d_backward_data_nhwc(dy, packed["w"], out, verts, *geom), epi, out)
         return Kernel(node.name, run, **packing(prepare, (w_t,), dynamic))
     sr = SplitReduction(reduce_boxes(cs), cols[:, :8], cols[:, 8:10], out.shape, kg, what)
     table, rverts = sr.table(), sr.reduce_vertices
@@ -239,26 +232,16 @@ def conv2d_backward_weight_cpu(ctx: Context, cs) -> Kernel:
     if cs.method == "winograd2x2":      # csrc/winograd_grad.cpp: every tile per vertex
         verts = cs.table("k", "c")
         ph, pw = a["padding"]
-        everything = np.array([[0, out.size]], np.int32)
-
-        def run_winograd():
-            C.conv2d_backward_weight_winograd(x, dy, out, verts, ph, pw)
-            if epi is not None:
-                C.pointwise(epi, everything)
-        return Kernel(node.name, run_winograd)
+        return Kernel(node.name, then_epilogue(
+            lambda: C.conv2d_backward_weight_winograd(x, dy, out, verts, ph, pw), epi, out))
     cols = nonempty(cs.table(*WEIGHT_DIMS, extents=(kk, cg, r, n, oh)), 6, (n, oh))
     red = cols[:, 6:10]
     split = not ((red[:, 0] == 0) & (red[:, 1] == n) & (red[:, 2] == 0) & (red[:, 3] == oh)).all()
     geom = (r, s, *_geom(a))
     if not split:
         verts = np.ascontiguousarray(cols[:, :10])
-        everything = np.array([[0, out.size]], np.int32)
-
-        def run():
-            C.conv2d_backward_weight_nhwc(x, dy, out, verts, *geom)
-            if epi is not None:
-                C.pointwise(epi, everything)
-        return Kernel(node.name, run)
+        return Kernel(node.name, then_epilogue(
+            lambda: C.conv2d_backward_weight_nhwc(x, dy, out, verts, *geom), epi, out))
     # Conv-order boxes of the [K, R, S, Cg] array: (k0, k1, c0, c1, kh0, kh1, 0, S).
     full_s = np.tile(np.array([0, s], np.int32), (len(cols), 1))
     boxes = np.concatenate([cols[:, :6], full_s], axis=1)

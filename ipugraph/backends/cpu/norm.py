@@ -19,7 +19,7 @@ from ..layout import affine_layout
 from ..registry import lowering
 from .common import C, Context, Kernel, check_array, flat_table, packing, what
 from .partials import cover, first_bad
-from .pointwise import program_epilogue
+from .pointwise import program_epilogue, then_epilogue
 
 
 def channel_inner(t: Tensor) -> int:
@@ -90,13 +90,7 @@ def batch_norm_cpu(ctx: Context, cs) -> Kernel:
     prog = C.PointwiseProgram(out, shape, [x, scale, shift], np.asarray(strides, np.int64),
                               np.zeros(0, np.float32), code, 4)
     verts = flat_table(cs)
-    epi = program_epilogue(ctx, cs)
-    everything = np.array([[0, out.size]], np.int32)
-
-    def run():
-        C.pointwise(prog, verts)
-        if epi is not None:
-            C.pointwise(epi, everything)
+    run = then_epilogue(lambda: C.pointwise(prog, verts), program_epilogue(ctx, cs), out)
     return Kernel(node.name, run, **packing(prepare, node.inputs[1:],
                                             not ctx.is_static(*node.inputs[1:])))
 

@@ -66,6 +66,18 @@ def program_epilogue(ctx: Context, cs):
     return compile_program(ctx, cs.pointwise, cs.output, f"{cs.name} epilogue")
 
 
+def then_epilogue(first, epi, out: np.ndarray):
+    """first(), then the epilogue program `epi` (program_epilogue) over all of `out`, if any."""
+    if epi is None:
+        return first
+    everything = np.array([[0, out.size]], np.int32)
+
+    def run():
+        first()
+        C.pointwise(epi, everything)
+    return run
+
+
 @lowering("pointwise", backend="cpu")
 def pointwise_cpu(ctx: Context, cs) -> Kernel:
     prog = compile_program(ctx, cs.pointwise, cs.output, f"pointwise '{cs.name}'")
