@@ -122,13 +122,25 @@ WINOGRAD = {  # method: (m, positions, input transform, output transform)
 WINO_V_BUDGET = 1 << 20          # bytes of V a tile block keeps in L2 (csrc/winograd.cpp)
 
 
+def _winograd_geometry(a, kernel, *operands) -> bool:
+    """3x3, stride 1, no dilation, one group, pads <= 2, float32 operands."""
+    return (tuple(kernel) == (3, 3) and a["stride"] == (1, 1) and a["dilation"] == (1, 1)
+            and a["groups"] == 1 and max(a["padding"]) <= 2
+            and all(t.dtype == "float32" for t in operands))
+
+
+def _whole_boxes(direct: Space, whole):
+    """boxes() of a Winograd space: its table rows completed with `whole` (the direct space's
+    remaining dims, taken whole) for the direct space's boxes."""
+    def boxes(table):
+        rest = np.tile(np.asarray(whole, table.dtype), (len(table), 1))
+        return direct.boxes(np.concatenate([table, rest], axis=1))
+    return boxes
+
+
 def winograd_applies(node) -> bool:
-    """F(m x m, 3x3) computes this conv: 3x3, stride 1, no dilation, one group, pads <= 2."""
-    a = node.attrs
-    w = node.inputs[1]
-    return (w.shape[2:] == (3, 3) and a["stride"] == (1, 1) and a["dilation"] == (1, 1)
-            and a["groups"] == 1 and max(a["padding"]) <= 2 and w.dtype == "float32"
-            and node.inputs[0].dtype == "float32")
+    """F(m x m, 3x3) computes this conv (or this backward-data: inputs dy, w)."""
+    return _winograd_geometry(node.attrs, node.inputs[1].shape[2:], *node.inputs[:2])
 
 
 def winograd_traffic(tiles, kv, c: int, positions: int = 36, item: int = 4):
@@ -171,13 +183,10 @@ def _winograd_space(target, direct: Space, method: str, x, out_shape, whole) -> 
         u_bytes = positions * c * kb * 16 * item
         return gemm + transforms + stream, x_bytes, u_bytes, sn * sk * soh * sow * item
 
-    def boxes(table):
-        rest = np.tile(np.asarray(whole, table.dtype), (len(table), 1))
-        return direct.boxes(np.concatenate([table, rest], axis=1))
-
     return Space((Dim("n", n), Dim(direct.dims[1].name, k, target.channel_grain),
                   Dim(direct.dims[2].name, oh, m), Dim(direct.dims[3].name, ow, m)),
-                 slice_cost, boxes, codelet="supervisor", rate="macs", method=method)
+                 slice_cost, _whole_boxes(direct, whole), codelet="supervisor", rate="macs",
+                 method=method)
 
 
 def _conv2d_spaces(node, target):
@@ -417,11 +426,7 @@ WINO_GRAD_BLOCK = 8 << 20         # bytes of transformed x and dy per block (the
 
 def winograd_grad_applies(node) -> bool:
     """The weight gradient of a conv F(2x2, 3x3) applies to (winograd_applies)."""
-    a = node.attrs
-    x, dy = node.inputs
-    return (tuple(a["kernel"]) == (3, 3) and a["stride"] == (1, 1) and a["dilation"] == (1, 1)
-            and a["groups"] == 1 and max(a["padding"]) <= 2 and x.dtype == "float32"
-            and dy.dtype == "float32")
+    return _winograd_geometry(node.attrs, node.attrs["kernel"], *node.inputs)
 
 
 def _bwd_weight_winograd_space(node, target, direct: Space) -> Space:
@@ -446,13 +451,10 @@ def _bwd_weight_winograd_space(node, target, direct: Space) -> Space:
         return gemm + transforms + traffic * macs_per_byte, x_b + dy_b, np.zeros_like(x_b), \
             sk * sc * 9 * item
 
-    def boxes(table):
-        whole = np.tile(np.array([0, 3, 0, n, 0, oh], table.dtype), (len(table), 1))
-        return direct.boxes(np.concatenate([table, whole], axis=1))
-
     return Space((Dim("k", node.output.shape[0], target.channel_grain),
-                  Dim("c", node.output.shape[1], target.channel_grain)), slice_cost, boxes,
-                 codelet="supervisor", rate="macs", method="winograd2x2")
+                  Dim("c", node.output.shape[1], target.channel_grain)), slice_cost,
+                 _whole_boxes(direct, (0, 3, 0, n, 0, oh)), codelet="supervisor", rate="macs",
+                 method="winograd2x2")
 
 
 def _bwd_weight_spaces(node, target):
