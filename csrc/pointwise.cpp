@@ -94,6 +94,7 @@ PointwiseProgram::PointwiseProgram(
       reach += (shape_[d] - 1) * s;
       o.contiguous = o.contiguous && (s == rowmajor[d] || shape_[d] == 1);
     }
+    o.uniform = reach == 0 && !overlaps(a, out);  // (an accumulator is read only after it is written)
     if (a.size() == 0 || reach >= a.size())
       fail(std::string(fn) + ": operand " + std::to_string(k) + " " + shape_str(a) +
            " is read up to element " + std::to_string(reach) + ", past its end");

@@ -50,8 +50,12 @@ class PointwiseProgram {
   const void* out_data() const { return out_base_; }
   // Floats of per-thread scratch one run() needs.
   int64_t scratch_floats() const { return int64_t(nvalues_ + 1) * kPwBlock; }
-  // Output elements [start, stop) (a flat range of the output); scratch: scratch_floats().
-  void run(int64_t start, int64_t stop, float* scratch) const;
+  // Fill the parts of `scratch` that are the same for every block: the zero row, the
+  // immediates and the operands broadcast to every element (a scalar).
+  void prepare(float* scratch) const;
+  // Output elements [start, stop) (a flat range of the output); scratch: scratch_floats(),
+  // already prepare()d when `prepared` (an epilogue running many short ranges).
+  void run(int64_t start, int64_t stop, float* scratch, bool prepared = false) const;
   std::string describe() const;
 
  private:
@@ -59,6 +63,7 @@ class PointwiseProgram {
     const char* base;
     bool u8;                  // bool / uint8 data, read as 0 or 1
     bool contiguous;          // read element for element with the output
+    bool uniform;             // one element broadcast to all (every stride 0)
     int64_t stride[kPwMaxDims];
   };
   struct Ins {
@@ -120,23 +125,39 @@ inline void PointwiseProgram::gather(const Operand& o, int64_t start, int64_t n,
   }
 }
 
-inline void PointwiseProgram::run(int64_t start, int64_t stop, float* scratch) const {
+inline void PointwiseProgram::prepare(float* scratch) const {
   const int nops = int(ops_.size()), nimm = int(imms_.size());
-  const int first_ins = nops + nimm;
   float* zero = scratch + int64_t(nvalues_) * kPwBlock;
   for (int64_t j = 0; j < kPwBlock; ++j) zero[j] = 0.0f;
   for (int k = 0; k < nimm; ++k) {
     float* slot = scratch + int64_t(nops + k) * kPwBlock;
     for (int64_t j = 0; j < kPwBlock; ++j) slot[j] = imms_[k];
   }
+  for (int k = 0; k < nops; ++k) {
+    const Operand& o = ops_[k];
+    if (!o.uniform) continue;
+    const float v = o.u8 ? (*reinterpret_cast<const uint8_t*>(o.base) ? 1.0f : 0.0f)
+                         : *reinterpret_cast<const float*>(o.base);
+    float* slot = scratch + int64_t(k) * kPwBlock;
+    for (int64_t j = 0; j < kPwBlock; ++j) slot[j] = v;
+  }
+}
+
+inline void PointwiseProgram::run(int64_t start, int64_t stop, float* scratch,
+                                  bool prepared) const {
+  const int nops = int(ops_.size()), nimm = int(imms_.size());
+  const int first_ins = nops + nimm;
+  if (!prepared) prepare(scratch);
+  const float* zero = scratch + int64_t(nvalues_) * kPwBlock;
   const float* ptr[kPwMaxValues];
-  for (int k = 0; k < nimm; ++k) ptr[nops + k] = scratch + int64_t(nops + k) * kPwBlock;
+  for (int k = 0; k < nops + nimm; ++k) ptr[k] = scratch + int64_t(k) * kPwBlock;
   const int ncode = int(code_.size());
   for (int64_t b0 = start; b0 < stop; b0 += kPwBlock) {
     const int64_t n = std::min(kPwBlock, stop - b0);
     float* out_f = out_u8_ ? nullptr : reinterpret_cast<float*>(out_base_) + b0;
     for (int k = 0; k < nops; ++k) {
       const Operand& o = ops_[k];
+      if (o.uniform) continue;  // (its slot was filled by prepare)
       if (o.contiguous && !o.u8) {
         ptr[k] = reinterpret_cast<const float*>(o.base) + b0;
       } else {
@@ -182,7 +203,9 @@ inline void PointwiseProgram::run(int64_t start, int64_t stop, float* scratch) c
 class EpilogueRuns {
  public:
   static constexpr int64_t kFlush = 16384;
-  EpilogueRuns(const PointwiseProgram* p, float* scratch) : p_(p), s_(scratch) {}
+  EpilogueRuns(const PointwiseProgram* p, float* scratch) : p_(p), s_(scratch) {
+    if (p_) p_->prepare(s_);
+  }
   ~EpilogueRuns() { flush(); }
   EpilogueRuns(const EpilogueRuns&) = delete;
   EpilogueRuns& operator=(const EpilogueRuns&) = delete;
@@ -196,7 +219,7 @@ class EpilogueRuns {
     if (end_ - start_ >= kFlush) flush();
   }
   void flush() {
-    if (p_ && end_ > start_) p_->run(start_, end_, s_);
+    if (p_ && end_ > start_) p_->run(start_, end_, s_, true);
     start_ = end_ = -1;
   }
 

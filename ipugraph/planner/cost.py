@@ -104,8 +104,8 @@ def reduce_factor(space, splits: np.ndarray) -> np.ndarray:
     return np.prod(splits[:, cols], axis=1)
 
 
-def estimate(space, target, dtype: str, splits: np.ndarray, slice_sizes: np.ndarray,
-             extra_bytes_per_out: int = 0) -> dict[str, np.ndarray]:
+def estimate(space, target, dtype: str, splits: np.ndarray, slice_sizes: np.ndarray
+             ) -> dict[str, np.ndarray]:
     """First-pass cost of each candidate split (rows of `splits`, largest slices
     `slice_sizes`), vectorised."""
     work, in_bytes, w_bytes, out_bytes = (np.asarray(a, dtype=np.float64)
@@ -127,9 +127,11 @@ def estimate(space, target, dtype: str, splits: np.ndarray, slice_sizes: np.ndar
                             / target.exchange_bytes_per_cycle, 0.0)
     red_bytes = np.where(p > 1, boxes_per_tile * (p - 1) * out_bytes, 0.0)
     tile_bytes = tile_bytes + red_bytes
-    out_total = out_bytes * (1 + extra_bytes_per_out)
     if target.memory_is_cache:
-        spill = np.maximum(in_bytes + out_total - target.bytes_per_tile, 0)
+        # as step.evaluate: a fused epilogue's operands are streamed past the output as it is
+        # written, not part of a vertex's working set (counting them shrank the boxes of a
+        # Winograd conv, which then streamed its transformed weights more often)
+        spill = np.maximum(in_bytes + out_bytes - target.bytes_per_tile, 0)
         compute = compute + (per_tile * spill + first_pass_stream(target, w_bytes, per_tile)) \
             / target.spill_bytes_per_cycle
         exchange = exchange * 0.0          # shared memory: no exchange phase on the host

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from ..graph import Graph, Node, Tensor
 
 # Ops whose codelet runs a pointwise epilogue over the output elements it has just written.
-ANCHORS = {"conv2d", "linear", "matmul", "batch_norm", "batch_norm_train"}
+ANCHORS = {"conv2d", "conv2d_backward_data", "linear", "matmul", "batch_norm", "batch_norm_train"}
 FOLDS_BN = {"conv2d", "linear"}
 
 

@@ -74,8 +74,8 @@ def _split_candidates(extent: int, grain: int, limit: int) -> np.ndarray:
     return np.array(sorted({-(-g // q) for q in sizes if -(-g // q) <= limit}), dtype=np.int64)
 
 
-def candidates(space: Space, target, dtype: str, extra_bytes_per_out: int = 0,
-               keep: int = 8, relax: float = 1.0) -> tuple[list[Partition], dict]:
+def candidates(space: Space, target, dtype: str, keep: int = 8,
+               relax: float = 1.0) -> tuple[list[Partition], dict]:
     """The most promising partitions of `space`: the best by first-pass total and by compute
     among those whose first-pass temporaries fit `relax` × the op budget (IPU; the host is never
     refused), and the smallest by temporaries; and, for error messages, the smallest first-pass
@@ -90,7 +90,7 @@ def candidates(space: Space, target, dtype: str, extra_bytes_per_out: int = 0,
     ext = np.array(extents, dtype=np.int64)
     grn = np.array(grains, dtype=np.int64)
     max_slice = np.minimum(-(-(-(-ext // grn)) // grid) * grn, ext)
-    est = costmodel.estimate(space, target, dtype, grid, max_slice, extra_bytes_per_out)
+    est = costmodel.estimate(space, target, dtype, grid, max_slice)
     budget = min(relax * target.op_bytes_per_tile, target.bytes_per_tile)
     feasible = (np.ones(len(grid), dtype=bool) if target.memory_is_cache
                 else est["tile_bytes"] <= budget)

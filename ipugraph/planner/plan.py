@@ -194,7 +194,6 @@ def _plan_step(idx: int, group: Group, target, mappings: dict, least: int,
 
 
 def _search(idx, group, space, target, dtype, mappings, batch, least) -> Step:
-    extra = sum(1 for t in group.epilogue_inputs() if t.size == group.output.size)
     label = f"{group.anchor.op.name} '{group.anchor.name}'"
     budget = target.op_bytes_per_tile
     info = {}
@@ -204,7 +203,7 @@ def _search(idx, group, space, target, dtype, mappings, batch, least) -> Step:
             # A serialised op is already the slow path, and a flat elementwise op has few
             # splits that differ: fewer candidates to evaluate exactly.
             flat = len(space.dims) == 1 and space.rate == "vector"
-            parts, info = candidates(sub, target, dtype, extra, relax=relax,
+            parts, info = candidates(sub, target, dtype, relax=relax,
                                      keep=8 if repeats == 1 and not flat else 3)
             best = None
             for part in parts:
