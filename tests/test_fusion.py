@@ -129,13 +129,19 @@ def test_six_op_chain_is_one_pass_with_a_program_per_chain():
 
 def test_training_step_fuses_updates_and_bn_relu():
     """In a training step: every SGD update is two pointwise sets written in place, batch norm
-    in training form carries its ReLU, and the BN gradient's dx is one fused pass."""
+    in training form carries its ReLU, the BN gradient's dx is one fused pass, and every
+    ReLU's backward mask (with the residual gradient sum before it) rides on the backward-data
+    conv that produces its gradient."""
     g = ig.models.resnet18(batch=2, image_size=32, num_classes=4, training=True)
     ig.training.add_training(g, optimizer="sgd", momentum=0.9)
     program = ig.lower(ig.plan(g))
     ops = ["+".join(n.op.name for n in cs.nodes) for cs in program.compute_sets]
     assert "batch_norm_train+relu" in ops
     assert sum(o == "sub+mul+mul+add+mul+sub+mul" for o in ops) == 20      # BN dx, 20 BNs
+    # per block: conv2's dx -> relu1's mask; conv1's dx (+ the identity's gradient) -> the
+    # block input's mask (the first block's input gradient comes from the max-pool instead)
+    assert sum(o == "conv2d_backward_data+greater+where" for o in ops) == 8
+    assert sum(o == "conv2d_backward_data+add+greater+where" for o in ops) == 7
     params = sum(1 for t in g.variables.values() if t.trainable)
     updates = [cs for cs in program.compute_sets if cs.phase == "update"
                and cs.output.name in program.inplace]
