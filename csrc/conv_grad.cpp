@@ -25,7 +25,9 @@
 //   whole images, or a band of output rows of one image) the x rows it reads are copied, zero
 //   padded, into per-thread scratch holding only the vertex's channels [c0, c1) of one group, so
 //   with dilation 1 the S taps of a kernel row are S*(c1-c0) CONTIGUOUS floats: the lane axis is
-//   (s, c) (the 7x7 stem with C = 3 gets 21 lanes, not 3 of 16).
+//   (s, c) (the 7x7 stem with C = 3 gets 21 lanes, not 3 of 16). Where even those are few
+//   (under 32) and the output channels many, the same microkernel runs with the roles
+//   swapped: k on the lanes (dy rows as vectors), the (s, c) values broadcast.
 //   Depthwise (Cg = Kg = 1) vectorises over the channels instead.
 //   Vertex rows (k0,k1,c0,c1,r0,r1,n0,n1,oh0,oh1[,slab]): k over K, c within the group; the
 //   vertex zeroes its box of out (resp. of its slab) and accumulates its (n, oh) ranges into it.
@@ -383,6 +385,11 @@ void weight_vertex(const WGeom& g, const WChunk& ch, const float* x, const float
   // dy rows are read in place unless their pixel stride (K) is a multiple of 128 floats.
   const bool copy_dy = spread_stride(g.K) != g.K;
   const int64_t FLp = (FL + 15) / 16 * 16;    // accumulator row stride
+  // Few (s, c) lanes (the 7x7 stem: 21 of 32) and many output channels: the register tile
+  // takes k on its lanes instead (x values broadcast, dy rows as vectors), its accumulators
+  // transposed ([lane][k]); Kg >= 2 FL keeps FL x ceil16(KL) inside run_weight's buffer.
+  const int64_t KLmin = std::min(k1, (k0 / g.Kg + 1) * g.Kg) - k0;  // (the first group's)
+  const bool klanes = FL < 32 && KLmin >= 2 * FL;
 
   // Chunk: images [na, na + nimg) x output rows [oa, oa + rows) (several whole images when
   // they fit the budget, else a band of rows of one image).
@@ -452,11 +459,30 @@ void weight_vertex(const WGeom& g, const WChunk& ch, const float* x, const float
           const float** dyrow = sc.dyr.data() + nrows;
           // Rows per block: the block's x lanes and dy values stay in L1 across the k tiles.
           const int64_t RB = std::max<int64_t>(1, (32 * 1024) / (g.OW * (std::min<int64_t>(FL, kWLanes) + 16) * 4));
+          const int64_t KL = kb - ka, KLp = (KL + 15) / 16 * 16;
+          // element (k, lane j) of the accumulators: A[(k - ka) * ak + j * aj]
+          const int64_t ak = klanes ? 1 : FLp, aj = klanes ? KLp : 1;
           for (int64_t sg = 0; sg < nseg; ++sg) {
             float* A = sc.acc;
-            std::fill_n(A, (kb - ka) * FLp, 0.f);
+            std::fill_n(A, klanes ? FL * KLp : KL * FLp, 0.f);
             for (int64_t rb = 0; rb < nrows; rb += RB) {
               const int nr = int(std::min<int64_t>(RB, nrows - rb));
+              if (klanes) {
+                for (int64_t kt = 0; kt < KL; kt += kWLanes) {
+                  const int64_t nk = std::min<int64_t>(kWLanes, KL - kt);
+                  const int NV = int((nk + 15) / 16);
+                  const int tail = int(nk - (NV - 1) * 16);
+                  for (int i = 0; i < nr; ++i) dyrow[i] = sc.dyr[rb + i] + kt;
+                  const int PR = wg_rows(NV);
+                  for (int64_t jt = 0; jt < FL; jt += PR) {
+                    const int P = int(std::min<int64_t>(PR, FL - jt));
+                    for (int i = 0; i < nr; ++i) xrow[i] = sc.xr[rb + i] + sg * g.dw * ps + jt;
+                    get_wg_kernel(P, NV)(xrow, dyrow, nr, g.OW, xstep, kd, tail,
+                                         A + jt * KLp + kt, KLp);
+                  }
+                }
+                continue;
+              }
               for (int64_t jt = 0; jt < FL; jt += kWLanes) {
                 const int64_t nl = std::min<int64_t>(kWLanes, FL - jt);
                 const int NV = int((nl + 15) / 16);
@@ -473,18 +499,18 @@ void weight_vertex(const WGeom& g, const WChunk& ch, const float* x, const float
               }
             }
             for (int64_t k = ka; k < kb; ++k) {
-              const float* tp = A + (k - ka) * FLp;
+              const float* tp = A + (k - ka) * ak;
               float* orow = out + (k * g.R + r) * g.S * g.Cg;
               if (!fused || CL == g.Cg) {     // lane j -> one contiguous run
                 float* od = orow + (fused ? 0 : sg * g.Cg + c0);
 #pragma omp simd
-                for (int64_t j = 0; j < FL; ++j) od[j] += tp[j];
+                for (int64_t j = 0; j < FL; ++j) od[j] += tp[j * aj];
               } else {                        // runs of c per tap s
                 for (int64_t s = 0; s < g.S; ++s) {
                   float* od = orow + s * g.Cg + c0;
-                  const float* ts = tp + s * CL;
+                  const float* ts = tp + s * CL * aj;
 #pragma omp simd
-                  for (int64_t q = 0; q < CL; ++q) od[q] += ts[q];
+                  for (int64_t q = 0; q < CL; ++q) od[q] += ts[q * aj];
                 }
               }
             }

@@ -40,6 +40,12 @@ CASES = {
     # pixel strides of 128 floats: x and dy rows restrided in the weight gradient's buffers
     "c128_k256": (2, 128, 7, 6, 256, 3, 3, 1, 1, 1, 1),
     "c128_dilation2": (1, 128, 9, 8, 128, 3, 3, 1, 2, 2, 1),
+    # few (s, c) lanes, many output channels: the weight gradient puts k on the lanes (a k
+    # tail of 6; groups; one tap per segment under dilation; dy restrided at K = 128)
+    "stem_k70": (2, 3, 23, 21, 70, 7, 7, 2, 3, 1, 1),
+    "narrow_groups2": (2, 4, 9, 9, 64, 5, 5, 2, 2, 1, 2),
+    "narrow_dilation2": (1, 3, 12, 12, 48, 3, 3, 1, 2, 2, 1),
+    "stem_k128": (1, 3, 15, 15, 128, 7, 7, 2, 3, 1, 1),
 }
 
 
@@ -198,7 +204,8 @@ def test_direct_backward_data_splits(case):
 
 @pytest.mark.parametrize("case", ["odd_hw", "groups2_s2_d2", "depthwise", "depthwise_mult2",
                                   "stem_7x7_s2", "nonsquare", "wide_c", "pad3_3x3", "c128_k256",
-                                  "c128_dilation2"])
+                                  "c128_dilation2", "stem_k70", "narrow_groups2",
+                                  "narrow_dilation2", "stem_k128"])
 def test_direct_backward_weight_splits(case):
     x, wt, dy, geom = _data(CASES[case], seed=4)
     n, c, h, w = x.shape
