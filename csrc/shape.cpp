@@ -114,14 +114,38 @@ void gather_range(const GatherArgs& g, T* out, T fill, int64_t a, int64_t b) {
   }
 }
 
-void gather(py::array out, const std::vector<int64_t>& shape,
-            const std::vector<int64_t>& out_strides, const std::vector<py::array>& sources,
-            const std::vector<int64_t>& src_strides, const std::vector<int64_t>& src_base,
-            const std::vector<py::array_t<int64_t, py::array::c_style | py::array::forcecast>>&
-                maps,
-            int64_t sel_axis,
-            const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& sel,
-            double fill, const IArr& vertices) {
+// A gather validated once (at compile): run(vertices) only copies. The arrays it reads and
+// writes are kept alive with it.
+class Gather {
+ public:
+  Gather(py::array out, const std::vector<int64_t>& shape, const std::vector<int64_t>& out_strides,
+         const std::vector<py::array>& sources, const std::vector<int64_t>& src_strides,
+         const std::vector<int64_t>& src_base,
+         const std::vector<py::array_t<int64_t, py::array::c_style | py::array::forcecast>>& maps,
+         int64_t sel_axis,
+         const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& sel,
+         double fill);
+  void run(const IArr& vertices) const;
+
+ private:
+  py::array out_;
+  std::vector<py::array> keep_;
+  std::vector<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> maps_;
+  py::array_t<int64_t, py::array::c_style | py::array::forcecast> sel_;
+  GatherArgs g_{};
+  int64_t size_ = 1;
+  double fill_ = 0.0;
+};
+
+Gather::Gather(py::array out, const std::vector<int64_t>& shape,
+               const std::vector<int64_t>& out_strides, const std::vector<py::array>& sources,
+               const std::vector<int64_t>& src_strides, const std::vector<int64_t>& src_base,
+               const std::vector<py::array_t<int64_t, py::array::c_style | py::array::forcecast>>&
+                   maps,
+               int64_t sel_axis,
+               const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& sel,
+               double fill)
+    : out_(out), keep_(sources), maps_(maps), sel_(sel), fill_(fill) {
   const char* fn = "gather";
   if (!(out.flags() & py::array::c_style) || !out.writeable())
     fail(std::string(fn) + ": out must be a writeable C-contiguous array");
@@ -137,7 +161,7 @@ void gather(py::array out, const std::vector<int64_t>& shape,
   if ((sel_axis >= 0) != (nsrc > 1) || sel_axis >= nd)
     fail(std::string(fn) + ": a select axis (in [0, axes)) is needed exactly when there are "
          "several sources");
-  GatherArgs g{};
+  GatherArgs& g = g_;
   g.nd = nd; g.sel_axis = int(sel_axis); g.nsrc = nsrc;
   int64_t size = 1, reach = 0;
   for (int d = 0; d < nd; ++d) {
@@ -153,7 +177,7 @@ void gather(py::array out, const std::vector<int64_t>& shape,
       fail(std::string(fn) + ": map of axis " + std::to_string(d) + " has shape " +
            shape_str(maps[d]) + ", expected (" + std::to_string(shape[d]) + ",) or (0,) for "
            "the identity");
-    g.map.push_back(identity ? nullptr : maps[d].data());
+    g.map.push_back(identity ? nullptr : maps_[d].data());
   }
   if (reach >= out.size())
     fail(std::string(fn) + ": out " + shape_str(out) + " is written up to element " +
@@ -165,7 +189,7 @@ void gather(py::array out, const std::vector<int64_t>& shape,
       if (sel.data()[j] < 0 || sel.data()[j] >= nsrc)
         fail(std::string(fn) + ": sel[" + std::to_string(j) + "] = " +
              std::to_string(sel.data()[j]) + " is not a source");
-    g.sel = sel.data();
+    g.sel = sel_.data();
   } else {
     g.sel = nullptr;
   }
@@ -196,10 +220,18 @@ void gather(py::array out, const std::vector<int64_t>& shape,
   }
   g.src_stride = src_strides;
   g.src_base = src_base;
-  const py::ssize_t V = check_flat_vertices(vertices, size, fn);
+  size_ = size;
+}
+
+void Gather::run(const IArr& vertices) const {
+  const char* fn = "gather";
+  const GatherArgs& g = g_;
+  const py::array& out = out_;
+  const double fill = fill_;
+  const py::ssize_t V = check_flat_vertices(vertices, size_, fn);
   const int32_t* vt = vertices.data();
   const int isz = int(out.itemsize());
-  char* o = static_cast<char*>(out.mutable_data());
+  char* o = static_cast<char*>(const_cast<void*>(out.data()));
   if (isz == 4) {
     const float f = float(fill);
     for_each_range(vt, V, [&](int64_t a, int64_t b, int) {
@@ -218,6 +250,18 @@ void gather(py::array out, const std::vector<int64_t>& shape,
   } else {
     fail(std::string(fn) + ": itemsize " + std::to_string(isz) + " is not supported (1, 4, 8)");
   }
+}
+
+void gather(py::array out, const std::vector<int64_t>& shape,
+            const std::vector<int64_t>& out_strides, const std::vector<py::array>& sources,
+            const std::vector<int64_t>& src_strides, const std::vector<int64_t>& src_base,
+            const std::vector<py::array_t<int64_t, py::array::c_style | py::array::forcecast>>&
+                maps,
+            int64_t sel_axis,
+            const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& sel,
+            double fill, const IArr& vertices) {
+  Gather(out, shape, out_strides, sources, src_strides, src_base, maps, sel_axis, sel, fill)
+      .run(vertices);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -288,6 +332,20 @@ void register_shape(py::module& m) {
         py::arg("sel_axis"), py::arg("sel"), py::arg("fill"), py::arg("vertices"),
         "out[c] = sources[k][base_k + sum_d maps[d][c_d] * stride_k[d]] (fill where a map is "
         "< 0) over flat (start, end) ranges of the iteration space `shape`; k = sel[c_sel].");
+  py::class_<Gather>(m, "Gather",
+                     "gather's arguments but the vertices, validated once; run(vertices) "
+                     "copies (the kernel of a compiled data-movement compute set).")
+      .def(py::init<py::array, const std::vector<int64_t>&, const std::vector<int64_t>&,
+                    const std::vector<py::array>&, const std::vector<int64_t>&,
+                    const std::vector<int64_t>&,
+                    const std::vector<py::array_t<int64_t, py::array::c_style |
+                                                              py::array::forcecast>>&,
+                    int64_t, const py::array_t<int64_t, py::array::c_style | py::array::forcecast>&,
+                    double>(),
+           py::arg("out"), py::arg("shape"), py::arg("out_strides"), py::arg("sources"),
+           py::arg("src_strides"), py::arg("src_base"), py::arg("maps"), py::arg("sel_axis"),
+           py::arg("sel"), py::arg("fill"))
+      .def("run", &Gather::run, py::arg("vertices"));
   m.def("resample", &resample, py::arg("x"), py::arg("out"), py::arg("outer"), py::arg("n_in"),
         py::arg("n_out"), py::arg("inner"), py::arg("indptr"), py::arg("indices"),
         py::arg("weights"), py::arg("vertices"),

@@ -38,18 +38,18 @@ def folded_weight_bias(ctx: Context, cs, w_t, b_t, out_axis: int):
     w' = w·scale (per output channel), b' = b·scale + shift."""
     w = np.asarray(ctx.value(w_t), dtype=np.float32)
     bn = cs.folded_bn
-    if bn is None and b_t is None:
-        return np.ascontiguousarray(w), None
+    if bn is None:                  # nothing to fold: the weight and bias as they are
+        b = None if b_t is None else np.ascontiguousarray(ctx.value(b_t), dtype=np.float32)
+        return np.ascontiguousarray(w), b
     w = w.astype(np.float64)
     k = w.shape[out_axis]
     b = np.zeros(k) if b_t is None else np.asarray(ctx.value(b_t), dtype=np.float64)
-    if bn is not None:
-        gamma, beta, mean, var = (np.asarray(ctx.value(t), np.float64) for t in bn.inputs[1:])
-        scale, shift = bn_scale_shift(gamma, beta, mean, var, bn.attrs["eps"])
-        shape = [1] * w.ndim
-        shape[out_axis] = k
-        w = w * scale.reshape(shape)
-        b = b * scale + shift
+    gamma, beta, mean, var = (np.asarray(ctx.value(t), np.float64) for t in bn.inputs[1:])
+    scale, shift = bn_scale_shift(gamma, beta, mean, var, bn.attrs["eps"])
+    shape = [1] * w.ndim
+    shape[out_axis] = k
+    w = w * scale.reshape(shape)
+    b = b * scale + shift
     return np.ascontiguousarray(w, np.float32), np.ascontiguousarray(b, np.float32)
 
 

@@ -3,9 +3,10 @@ GatherSpec (select, concat, slice, pad, upsample-nearest, slice_backward) and th
 changes of flatten / reshape; resample runs the separable CSR resamplings; transpose the 2-D
 blocked transpose.
 
-A gather iterates over the output's elements in its storage order (so writes are contiguous):
-iteration axis k is logical axis storage_perm(out)[k], its map the op's map for that axis, and
-each source is read through its own storage strides. The plan's flat vertex ranges are ranges
+A gather (a _C.Gather, its arguments checked once at compile) iterates over the output's
+elements in its storage order (so writes are contiguous): iteration axis k is logical axis
+storage_perm(out)[k], its map the op's map for that axis, and each source is read through its
+own storage strides. The plan's flat vertex ranges are ranges
 of that iteration order (every element is still written exactly once)."""
 from __future__ import annotations
 
@@ -38,10 +39,11 @@ def _gather_kernel(ctx: Context, cs) -> Kernel:
                              f"as {a.dtype} into {out.dtype}")
     shape, out_strides, maps, src_strides, bases, sel_axis, sel, fill = \
         gather_layout(node, cs.output)
-    args = (out.reshape(-1), shape, out_strides, [a.reshape(-1) for a in sources],
-            [s for st in src_strides for s in st], bases, maps, sel_axis,
-            IDENTITY if sel is None else sel, float(fill), flat_table(cs))
-    return Kernel(node.name, lambda: C.gather(*args))
+    gather = C.Gather(out.reshape(-1), shape, out_strides, [a.reshape(-1) for a in sources],
+                      [s for st in src_strides for s in st], bases, maps, sel_axis,
+                      IDENTITY if sel is None else sel, float(fill))
+    verts = flat_table(cs)
+    return Kernel(node.name, lambda: gather.run(verts))
 
 
 for _op in ("select", "concat", "slice", "slice_backward", "pad", "upsample_nearest"):
@@ -74,9 +76,9 @@ def _flat_gather(x, y, shape, src_strides, dst_strides, verts, perm=None):
     if not perm:
         shape, src_strides, dst_strides, perm = (1,), (0,), (0,), [0]
     it = [shape[p] for p in perm]
-    args = (y, it, [dst_strides[p] for p in perm], [x], [src_strides[p] for p in perm], [0],
-            [IDENTITY] * len(it), -1, IDENTITY, 0.0, verts)
-    return lambda: C.gather(*args)
+    gather = C.Gather(y, it, [dst_strides[p] for p in perm], [x], [src_strides[p] for p in perm],
+                      [0], [IDENTITY] * len(it), -1, IDENTITY, 0.0)
+    return lambda: gather.run(verts)
 
 
 def _reshape_kernel(ctx: Context, cs) -> Kernel:
