@@ -3,7 +3,8 @@
 // Every entry point takes numpy arrays plus a "vertex table" (int32 [V, ncols]); each row is
 // one vertex, i.e. the slice of an op's work that one tile owns in the plan.  The entry point
 // validates everything up front (so nothing can crash the interpreter), releases the GIL and
-// runs the vertices under `omp parallel for schedule(dynamic, 1)`.
+// runs the vertices under `omp parallel for schedule(dynamic, 1)` (a single vertex on the
+// calling thread).
 //
 // The register-blocked microkernel shared by conv2d and matmul also lives here.
 #pragma once
@@ -122,7 +123,8 @@ inline py::ssize_t check_flat_vertices(const IArr& v, py::ssize_t n, const char*
 template <class Body>
 void for_each_vertex(const int32_t* vt, py::ssize_t V, int64_t cols, Body&& body) {
   py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(dynamic, 1)
+  // (one vertex -- a tiny compute set -- runs on the calling thread: no team to wake)
+#pragma omp parallel for schedule(dynamic, 1) if (V > 1)
   for (py::ssize_t v = 0; v < V; ++v) body(vt + cols * v, thread_id());
 }
 
