@@ -42,6 +42,7 @@ namespace py = pybind11;
 // Inputs: a copy is harmless, so forcecast (float64 -> float32, non-contiguous -> contiguous).
 using FArr = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using IArr = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using I64Arr = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
 inline int max_threads() {
 #ifdef _OPENMP

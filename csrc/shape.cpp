@@ -120,18 +120,15 @@ class Gather {
  public:
   Gather(py::array out, const std::vector<int64_t>& shape, const std::vector<int64_t>& out_strides,
          const std::vector<py::array>& sources, const std::vector<int64_t>& src_strides,
-         const std::vector<int64_t>& src_base,
-         const std::vector<py::array_t<int64_t, py::array::c_style | py::array::forcecast>>& maps,
-         int64_t sel_axis,
-         const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& sel,
-         double fill);
+         const std::vector<int64_t>& src_base, const std::vector<I64Arr>& maps,
+         int64_t sel_axis, const I64Arr& sel, double fill);
   void run(const IArr& vertices) const;
 
  private:
   py::array out_;
   std::vector<py::array> keep_;
-  std::vector<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> maps_;
-  py::array_t<int64_t, py::array::c_style | py::array::forcecast> sel_;
+  std::vector<I64Arr> maps_;
+  I64Arr sel_;
   GatherArgs g_{};
   int64_t size_ = 1;
   double fill_ = 0.0;
@@ -140,11 +137,7 @@ class Gather {
 Gather::Gather(py::array out, const std::vector<int64_t>& shape,
                const std::vector<int64_t>& out_strides, const std::vector<py::array>& sources,
                const std::vector<int64_t>& src_strides, const std::vector<int64_t>& src_base,
-               const std::vector<py::array_t<int64_t, py::array::c_style | py::array::forcecast>>&
-                   maps,
-               int64_t sel_axis,
-               const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& sel,
-               double fill)
+               const std::vector<I64Arr>& maps, int64_t sel_axis, const I64Arr& sel, double fill)
     : out_(out), keep_(sources), maps_(maps), sel_(sel), fill_(fill) {
   const char* fn = "gather";
   if (!(out.flags() & py::array::c_style) || !out.writeable())
@@ -221,6 +214,9 @@ Gather::Gather(py::array out, const std::vector<int64_t>& shape,
   g.src_stride = src_strides;
   g.src_base = src_base;
   size_ = size;
+  const int isz = int(out.itemsize());
+  if (isz != 1 && isz != 4 && isz != 8)
+    fail(std::string(fn) + ": itemsize " + std::to_string(isz) + " is not supported (1, 4, 8)");
 }
 
 void Gather::run(const IArr& vertices) const {
@@ -242,26 +238,12 @@ void Gather::run(const IArr& vertices) const {
     for_each_range(vt, V, [&](int64_t a, int64_t b, int) {
       gather_range<uint8_t>(g, reinterpret_cast<uint8_t*>(o), f, a, b);
     });
-  } else if (isz == 8) {
+  } else {  // 8 (checked at construction)
     const int64_t f = int64_t(fill);
     for_each_range(vt, V, [&](int64_t a, int64_t b, int) {
       gather_range<int64_t>(g, reinterpret_cast<int64_t*>(o), f, a, b);
     });
-  } else {
-    fail(std::string(fn) + ": itemsize " + std::to_string(isz) + " is not supported (1, 4, 8)");
   }
-}
-
-void gather(py::array out, const std::vector<int64_t>& shape,
-            const std::vector<int64_t>& out_strides, const std::vector<py::array>& sources,
-            const std::vector<int64_t>& src_strides, const std::vector<int64_t>& src_base,
-            const std::vector<py::array_t<int64_t, py::array::c_style | py::array::forcecast>>&
-                maps,
-            int64_t sel_axis,
-            const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& sel,
-            double fill, const IArr& vertices) {
-  Gather(out, shape, out_strides, sources, src_strides, src_base, maps, sel_axis, sel, fill)
-      .run(vertices);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -327,21 +309,16 @@ void resample(const FArr& x, py::array out, int64_t outer, int64_t n_in, int64_t
 }  // namespace
 
 void register_shape(py::module& m) {
-  m.def("gather", &gather, py::arg("out"), py::arg("shape"), py::arg("out_strides"),
-        py::arg("sources"), py::arg("src_strides"), py::arg("src_base"), py::arg("maps"),
-        py::arg("sel_axis"), py::arg("sel"), py::arg("fill"), py::arg("vertices"),
-        "out[c] = sources[k][base_k + sum_d maps[d][c_d] * stride_k[d]] (fill where a map is "
-        "< 0) over flat (start, end) ranges of the iteration space `shape`; k = sel[c_sel].");
   py::class_<Gather>(m, "Gather",
-                     "gather's arguments but the vertices, validated once; run(vertices) "
-                     "copies (the kernel of a compiled data-movement compute set).")
+                     "out[c] = sources[k][base_k + sum_d maps[d][c_d] * stride_k[d]] (fill where "
+                     "a map is < 0) over the iteration space `shape`; k = sel[c_sel]. Its "
+                     "arguments are checked once, here; run(vertices) copies over flat (start, "
+                     "end) ranges of the iteration space (the kernel of a data-movement compute "
+                     "set).")
       .def(py::init<py::array, const std::vector<int64_t>&, const std::vector<int64_t>&,
                     const std::vector<py::array>&, const std::vector<int64_t>&,
-                    const std::vector<int64_t>&,
-                    const std::vector<py::array_t<int64_t, py::array::c_style |
-                                                              py::array::forcecast>>&,
-                    int64_t, const py::array_t<int64_t, py::array::c_style | py::array::forcecast>&,
-                    double>(),
+                    const std::vector<int64_t>&, const std::vector<I64Arr>&, int64_t,
+                    const I64Arr&, double>(),
            py::arg("out"), py::arg("shape"), py::arg("out_strides"), py::arg("sources"),
            py::arg("src_strides"), py::arg("src_base"), py::arg("maps"), py::arg("sel_axis"),
            py::arg("sel"), py::arg("fill"))

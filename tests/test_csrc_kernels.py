@@ -868,3 +868,29 @@ def test_partial_bad_inputs_raise_value_error():
     with pytest.raises(ValueError, match="C-contiguous"):
         _C.reduce_partials(partials, None, None, np.zeros((1, 8, 8, 16), np.float32)[..., ::2],
                            v[:, :8], False)
+
+
+def test_gather_checks_its_arguments_once_at_construction():
+    """_C.Gather: a concat of two sources along the last axis, run twice over split ranges
+    (equal to NumPy's); bad arguments are refused when it is built, naming the call."""
+    ident = np.zeros(0, np.int64)
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = -np.arange(4, dtype=np.float32).reshape(2, 2)
+    out = np.full(10, np.nan, np.float32)
+    sel = np.array([0, 0, 0, 1, 1], np.int64)
+    col = np.array([0, 1, 2, 0, 1], np.int64)
+    g = _C.Gather(out, [2, 5], [5, 1], [a.reshape(-1), b.reshape(-1)], [3, 1, 2, 1], [0, 0],
+                  [ident, col], 1, sel, 0.0)
+    for verts in ([[0, 10]], [[0, 3], [3, 10]]):
+        out[:] = np.nan
+        g.run(np.array(verts, np.int32))
+        np.testing.assert_array_equal(out.reshape(2, 5), np.concatenate([a, b], axis=1))
+    with pytest.raises(ValueError, match="gather: source 0 .* past its end"):
+        _C.Gather(out, [2, 5], [5, 1], [a.reshape(-1)[:5]], [3, 1], [0], [ident, col], -1,
+                  ident, 0.0)
+    with pytest.raises(ValueError, match="gather: source 0 overlaps out"):
+        _C.Gather(out, [10], [1], [out], [1], [0], [ident], -1, ident, 0.0)
+    with pytest.raises(ValueError, match="gather: itemsize 2 is not supported"):
+        half = np.zeros(10, np.float16)
+        _C.Gather(half, [10], [1], [np.zeros(10, np.float16)], [1], [0], [ident], -1, ident,
+                  0.0)
