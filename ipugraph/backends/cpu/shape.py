@@ -6,8 +6,8 @@ blocked transpose.
 A gather (a _C.Gather, its arguments checked once at compile) iterates over the output's
 elements in its storage order (so writes are contiguous): iteration axis k is logical axis
 storage_perm(out)[k], its map the op's map for that axis, and each source is read through its
-own storage strides. The plan's flat vertex ranges are ranges
-of that iteration order (every element is still written exactly once)."""
+own storage strides. The plan's flat vertex ranges are ranges of that iteration order (every
+element is still written exactly once)."""
 from __future__ import annotations
 
 import numpy as np
