@@ -98,8 +98,9 @@ def fma_probe(seconds: float = 0.3) -> float | None:
 def probe_text(before: float | None, after: float | None) -> str:
     if before is None or after is None:
         return ""
-    return (f"FMA probe {before:.0f} GFLOP/s before the timed blocks, {after:.0f} after (lower "
-            "than this machine's quiet figure: its cores were shared with another guest)")
+    return (f"FMA probe {before:.0f} GFLOP/s before the timed blocks, {after:.0f} after (a "
+            "figure below this machine's quiet one means its cores were shared with another "
+            "guest)")
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -129,6 +130,14 @@ def measure(runners: dict, warmup: int, iters: int, rounds: int = 2) -> dict[str
     for rec in out.values():
         rec["best"] = min(rec["rounds"], key=statistics.median)
     return out
+
+
+def measure_probed(runners: dict, warmup: int, iters: int, rounds: int, probe: bool):
+    """measure(), with the FMA probe (fma_probe) taken just before and just after when `probe`:
+    (measure's result, [before, after])."""
+    before = fma_probe() if probe else None
+    measured = measure(runners, warmup, iters, rounds)
+    return measured, [before, fma_probe() if probe else None]
 
 
 def figures(times: list[float], batch: int, macs: int, rec: dict | None = None) -> dict:

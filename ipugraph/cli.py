@@ -24,9 +24,9 @@ import time
 import numpy as np
 
 from .backends import NAMES as BACKEND_NAMES
-from .benchmark import (BUSY_CORES, cpu_model, figures, fma_probe, measure, parse_compare,
-                        peer_runners, probe_text,
-                        print_profile, profile_runs, progress, rel_error, require, table)
+from .benchmark import (BUSY_CORES, cpu_model, figures, measure_probed, parse_compare,
+                        peer_runners, print_profile, probe_text, profile_runs, progress,
+                        rel_error, require, table)
 from .models import MODELS
 
 TARGET_NAMES = ("host", "ipu-mk1", "ipu-mk2")
@@ -289,9 +289,8 @@ def cmd_bench(args) -> int:
     agree = all(err <= AGREE_REL_ERROR for err in errors.values())
 
     load_start = os.getloadavg()
-    probe = [fma_probe() if args.backend == "cpu" else None]
-    measured = measure(runners, args.warmup, args.iters, args.rounds)
-    probe.append(fma_probe() if args.backend == "cpu" else None)
+    measured, probe = measure_probed(runners, args.warmup, args.iters, args.rounds,
+                                     args.backend == "cpu")
     load_end = os.getloadavg()
     results = {name: figures(rec["best"], args.batch, macs, rec) for name, rec in measured.items()}
     peer_names = [n for n in results if n != "ipugraph"]
@@ -323,8 +322,9 @@ def cmd_bench(args) -> int:
           f"calls, {args.rounds} rounds, best round's median; {cores} cores ({cpu_model()})"
           + (f"; BUSY (other processes used >= {BUSY_CORES} cores) during: {', '.join(busy)}: "
              "those times are inflated, re-run" if busy else "; quiet"))
-    if probe_text(*probe):
-        print(probe_text(*probe))
+    probed = probe_text(*probe)
+    if probed:
+        print(probed)
     prof = profile_runs(engine, {"x": x}, args.iters) if args.profile else None
     if args.profile:
         print_profile(prof, args.iters)

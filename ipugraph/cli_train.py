@@ -121,9 +121,8 @@ def bench_train(cli, args, peers=("torch",)) -> int:
             first["torch channels_last"])
         cli.progress(f"first-step loss: ipugraph {first['ipugraph']:.6f}, torch "
                      f"{first['torch channels_last']:.6f} (rel. difference {error:.1e})")
-    probe = [cli.fma_probe() if args.backend == "cpu" else None]
-    measured = cli.measure(runners, args.warmup, args.iters, args.rounds)
-    probe.append(cli.fma_probe() if args.backend == "cpu" else None)
+    measured, probe = cli.measure_probed(runners, args.warmup, args.iters, args.rounds,
+                                         args.backend == "cpu")
     # the training graph's macs() already counts forward, backward-data and backward-weight
     results = {name: cli.figures(rec["best"], args.batch, macs, rec)
                for name, rec in measured.items()}
@@ -145,8 +144,9 @@ def bench_train(cli, args, peers=("torch",)) -> int:
           f"cores ({cli.cpu_model()})"
           + (f"; BUSY during: {', '.join(busy)}: those times are inflated, re-run" if busy
              else "; quiet"))
-    if cli.probe_text(*probe):
-        print(cli.probe_text(*probe))
+    probed = cli.probe_text(*probe)
+    if probed:
+        print(probed)
     feeds = {"x": x, "labels": y, "lr": lr}
     prof = cli.profile_runs(engine, feeds, args.iters) if args.profile else None
     if args.profile:
