@@ -313,8 +313,9 @@ constexpr int kAccStride = kMaxPix * kBlock;  // floats between blocks in acc
 
 #define IPG_REP6(M) M(0) M(1) M(2) M(3) M(4) M(5)
 
+// Acc: add to the sums already in acc (a reduction split into blocks) instead of starting at 0.
 #if defined(IPUGRAPH_AVX512)
-template <int P, int NB>
+template <int P, int NB, bool Acc = false>
 static void ukernel(const float* const* wseg, int64_t wstride, const float* const* xseg, int nseg,
                     int L, float* acc) {
 #define IPG_DECL(p)                                                          \
@@ -322,6 +323,15 @@ static void ukernel(const float* const* wseg, int64_t wstride, const float* cons
          a##p##2 = _mm512_setzero_ps(), a##p##3 = _mm512_setzero_ps();
   IPG_REP6(IPG_DECL)
 #undef IPG_DECL
+#define IPG_LOAD(p)                                                                     \
+  if constexpr (P > p) {                                                                \
+    a##p##0 = _mm512_loadu_ps(acc + 16 * p);                                            \
+    if constexpr (NB > 1) a##p##1 = _mm512_loadu_ps(acc + kAccStride + 16 * p);         \
+    if constexpr (NB > 2) a##p##2 = _mm512_loadu_ps(acc + 2 * kAccStride + 16 * p);     \
+    if constexpr (NB > 3) a##p##3 = _mm512_loadu_ps(acc + 3 * kAccStride + 16 * p);     \
+  }
+  if constexpr (Acc) { IPG_REP6(IPG_LOAD) }
+#undef IPG_LOAD
   for (int i = 0; i < nseg; ++i) {
     const float* w = wseg[i];
 #define IPG_PTR(p) const float* x##p = (P > p) ? xseg[i * P + p] : nullptr;
@@ -356,11 +366,13 @@ static void ukernel(const float* const* wseg, int64_t wstride, const float* cons
 #undef IPG_STORE
 }
 #elif defined(IPUGRAPH_AVX2)
-template <int P, int NB>
+template <int P, int NB, bool Acc = false>
 static void ukernel(const float* const* wseg, int64_t, const float* const* xseg, int nseg, int L,
                     float* acc) {
   static_assert(NB == 1, "AVX2 kernel covers one 16-channel block");
-#define IPG_DECL(p) __m256 a##p##0 = _mm256_setzero_ps(), a##p##1 = _mm256_setzero_ps();
+#define IPG_DECL(p)                                                               \
+  __m256 a##p##0 = Acc && P > p ? _mm256_loadu_ps(acc + 16 * p) : _mm256_setzero_ps(),     \
+         a##p##1 = Acc && P > p ? _mm256_loadu_ps(acc + 16 * p + 8) : _mm256_setzero_ps();
   IPG_REP6(IPG_DECL)
 #undef IPG_DECL
   for (int i = 0; i < nseg; ++i) {
@@ -391,13 +403,13 @@ static void ukernel(const float* const* wseg, int64_t, const float* const* xseg,
 }
 #else
 // Portable fallback: the 16-lane inner loop is left to the auto-vectoriser (SSE2 on x86-64).
-template <int P, int NB>
+template <int P, int NB, bool Acc = false>
 static void ukernel(const float* const* wseg, int64_t, const float* const* xseg, int nseg, int L,
                     float* acc) {
   static_assert(NB == 1, "portable kernel covers one 16-channel block");
   float c[P][16];
   for (int p = 0; p < P; ++p)
-    for (int l = 0; l < 16; ++l) c[p][l] = 0.f;
+    for (int l = 0; l < 16; ++l) c[p][l] = Acc ? acc[16 * p + l] : 0.f;
   for (int i = 0; i < nseg; ++i) {
     const float* w = wseg[i];
     const float* x[P];
@@ -417,24 +429,30 @@ static void ukernel(const float* const* wseg, int64_t, const float* const* xseg,
 
 using UKernel = void (*)(const float* const*, int64_t, const float* const*, int, int, float*);
 
-template <int NB, size_t... I>
+template <int NB, bool Acc, size_t... I>
 constexpr std::array<UKernel, sizeof...(I) + 1> ukernel_table(std::index_sequence<I...>) {
-  return {nullptr, &ukernel<int(I) + 1, NB>...};
+  return {nullptr, &ukernel<int(I) + 1, NB, Acc>...};
 }
 
-// ukernel for P pixels (1..kMaxPix) and NB blocks (1..kMaxNB).
-inline UKernel get_ukernel(int P, int NB) {
+// ukernel for P pixels (1..kMaxPix) and NB blocks (1..kMaxNB); accumulate: add to acc's sums.
+inline UKernel get_ukernel(int P, int NB, bool accumulate = false) {
+  using Seq = std::make_index_sequence<kMaxPix>;
 #if defined(IPUGRAPH_AVX512)
-  static const std::array<std::array<UKernel, kMaxPix + 1>, 5> t = {
-      std::array<UKernel, kMaxPix + 1>{}, ukernel_table<1>(std::make_index_sequence<kMaxPix>{}),
-      ukernel_table<2>(std::make_index_sequence<kMaxPix>{}),
-      ukernel_table<3>(std::make_index_sequence<kMaxPix>{}),
-      ukernel_table<4>(std::make_index_sequence<kMaxPix>{})};
-  return t[NB][P];
+  using Row = std::array<UKernel, kMaxPix + 1>;
+  static const std::array<Row, 5> t = {Row{}, ukernel_table<1, false>(Seq{}),
+                                       ukernel_table<2, false>(Seq{}),
+                                       ukernel_table<3, false>(Seq{}),
+                                       ukernel_table<4, false>(Seq{})};
+  static const std::array<Row, 5> ta = {Row{}, ukernel_table<1, true>(Seq{}),
+                                        ukernel_table<2, true>(Seq{}),
+                                        ukernel_table<3, true>(Seq{}),
+                                        ukernel_table<4, true>(Seq{})};
+  return (accumulate ? ta : t)[NB][P];
 #else
-  static const auto t1 = ukernel_table<1>(std::make_index_sequence<kMaxPix>{});
+  static const auto t1 = ukernel_table<1, false>(Seq{});
+  static const auto t1a = ukernel_table<1, true>(Seq{});
   (void)NB;
-  return t1[P];
+  return (accumulate ? t1a : t1)[P];
 #endif
 }
 

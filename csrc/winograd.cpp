@@ -48,7 +48,7 @@ struct WGeom {
 // Per-thread buffers (common.h scratch_floats), uninitialised: every element is written before
 // it is read.
 struct WScratch {
-  float *V, *M, *acc;
+  float *V, *M, *acc, *Ul, *taps;  // Ul, taps: U transformed in the vertex (WForm other than U)
 };
 
 // Input transform of tile (n, th, tw) into V[xi][slot][:] (xi stride vstride).
@@ -99,7 +99,11 @@ void input_tile(const WGeom& g, const float* x, const float* zeros, int64_t n, i
 constexpr int64_t kL2Floats = (1 << 20) / 4;
 constexpr int64_t kMaxV = (16 << 20) / 4;
 
-int64_t tile_block(const WGeom& g, int64_t xis, int64_t tiles, int64_t kv) {
+int64_t tile_block(const WGeom& g, int64_t xis, int64_t tiles, int64_t kv, bool fused) {
+  // Transforming the weights in the vertex repeats the transform per block: take every tile
+  // (the planner does so only where they fit one L2 block, ops/conv.py winograd_fused_gain).
+  if (fused)
+    return std::clamp<int64_t>(tiles, 1, std::max<int64_t>(kMaxPix, kMaxV / (xis * g.Cp)));
   const int64_t small = std::clamp<int64_t>(kL2Floats / (xis * g.Cp), kMaxPix, 8 * kMaxPix);
   if (tiles <= small) return std::max<int64_t>(tiles, 1);
   const int64_t u = xis * g.C * ((kv + kBlock - 1) / kBlock * kBlock);
@@ -112,6 +116,164 @@ int64_t tile_block(const WGeom& g, int64_t xis, int64_t tiles, int64_t kv) {
   return cost_all < cost_small ? all : small;
 }
 
+// The forms conv2d_winograd takes its weights in.  U: winograd_weights' output, read as it is.
+// The others hold the 9 taps, transformed inside the vertex kUl floats of U at a time
+// (positions x NB blocks x cbl reduction channels, [xi][b][cbl][16]): that reads 9 / a^2 of U
+// from memory (a quarter for F(4x4)) and skips the pass that rewrites U whenever a trained
+// weight changes, for ~10 vector ops per (channel, 16 output channels, position) -- cheap
+// beside the GEMM's one per tile once a vertex has ~16 tiles (ops/conv.py winograd_fused_gain).
+//   Taps:           pack_conv_weight's [KB][3][3][C][16] (groups 1)
+//   TapsFlipped:    pack_conv_data_weight's, for the backward-data conv: taps reversed
+//   Storage:        the weight's own channels-last storage [K][3][3][C]: 16 output channels
+//                   at a stride of 9C, transposed into lanes in the vertex
+//   StorageFlipped: the same storage for the backward-data conv (out = C, reduction = K):
+//                   16 channels contiguous, taps reversed
+enum class WForm { U, Taps, TapsFlipped, Storage, StorageFlipped };
+
+constexpr int64_t kUl = (640 << 10) / 4;
+
+template <int Mt>
+int64_t ul_channels() {  // a multiple of 16: the taps are gathered 16 channels at a time
+  constexpr int64_t xis = (Mt + 2) * (Mt + 2);
+  return std::clamp<int64_t>(kUl / (xis * kMaxNB * kBlock) / 16 * 16, 16, 128);
+}
+
+#if defined(IPUGRAPH_AVX512)
+// r[i][j] <- r[j][i] for a 16 x 16 block of floats in 16 registers.  (GCC 12 warns that the
+// builtins' undefined pass-through operand "may be used uninitialized": a false positive.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {  // interleave pairs of rows
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // 4 x 4 blocks within each 128-bit lane
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {      // then the 128-bit lanes across rows 4 apart, 8 apart
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
+// taps[t][cc][0:16] = tap t (r * 3 + s of the conv this kernel computes) of reduction channel
+// c0 + cc for the 16 output channels of block ob, cc < nc <= 16; lanes past K are zero.
+void load_taps(WForm form, const float* W, int64_t C, int64_t K, int64_t ob, int64_t c0,
+               int64_t nc, float* taps) {
+  const int64_t o0 = ob * kBlock, nl = std::min<int64_t>(kBlock, K - o0);
+  switch (form) {
+    case WForm::Taps:
+    case WForm::TapsFlipped:
+      for (int t = 0; t < 9; ++t) {
+        const int src = form == WForm::TapsFlipped ? 8 - t : t;
+        for (int64_t cc = 0; cc < nc; ++cc)
+          V16::load(W + ((ob * 9 + src) * C + c0 + cc) * kBlock).store(taps + (t * 16 + cc) * kBlock);
+      }
+      return;
+    case WForm::Storage:
+#if defined(IPUGRAPH_AVX512)
+      {  // 16 rows of 16 channels per tap, transposed in registers
+        const __mmask16 m = __mmask16(0xFFFFu >> (16 - nc));
+        for (int t = 0; t < 9; ++t) {
+          __m512 r[16];
+          for (int64_t l = 0; l < kBlock; ++l)
+            r[l] = l < nl ? _mm512_maskz_loadu_ps(m, W + (o0 + l) * 9 * C + t * C + c0)
+                          : _mm512_setzero_ps();
+          transpose16(r);
+          for (int64_t cc = 0; cc < nc; ++cc) _mm512_storeu_ps(taps + (t * 16 + cc) * kBlock, r[cc]);
+        }
+        return;
+      }
+#endif
+      for (int64_t l = 0; l < kBlock; ++l) {
+        if (l >= nl) {
+          for (int t = 0; t < 9; ++t)
+            for (int64_t cc = 0; cc < nc; ++cc) taps[(t * 16 + cc) * kBlock + l] = 0.f;
+          continue;
+        }
+        const float* wk = W + (o0 + l) * 9 * C + c0;
+        for (int t = 0; t < 9; ++t)
+          for (int64_t cc = 0; cc < nc; ++cc) taps[(t * 16 + cc) * kBlock + l] = wk[t * C + cc];
+      }
+      return;
+    case WForm::StorageFlipped:
+      for (int64_t cc = 0; cc < nc; ++cc)
+        for (int t = 0; t < 9; ++t) {
+          float* d = taps + (t * 16 + cc) * kBlock;
+          const float* src = W + ((c0 + cc) * 9 + (8 - t)) * K + o0;
+          if (nl == kBlock) {
+            V16::load(src).store(d);
+          } else {
+            for (int64_t l = 0; l < kBlock; ++l) d[l] = l < nl ? src[l] : 0.f;
+          }
+        }
+      return;
+    case WForm::U:
+      return;
+  }
+}
+
+// The storage forms read 64-byte pieces of rows 2-18 KiB apart, a pattern the hardware
+// prefetchers miss: fetch the next group of 16 channels while this one is transformed.
+void prefetch_taps(WForm form, const float* W, int64_t C, int64_t K, int64_t kb0, int NB,
+                   int64_t c0) {
+  if (c0 >= C) return;
+  const int64_t o0 = kb0 * kBlock, o1 = std::min<int64_t>(K, (kb0 + NB) * kBlock);
+  if (form == WForm::Storage) {
+    for (int64_t o = o0; o < o1; ++o)
+      for (int t = 0; t < 9; ++t) _mm_prefetch((const char*)(W + (o * 9 + t) * C + c0), _MM_HINT_T0);
+  } else if (form == WForm::StorageFlipped) {
+    for (int64_t c = c0; c < std::min<int64_t>(C, c0 + 16); ++c)
+      for (int t = 0; t < 9; ++t)
+        for (int64_t o = o0; o < o1; o += kBlock)
+          _mm_prefetch((const char*)(W + (c * 9 + t) * K + o), _MM_HINT_T0);
+  }
+}
+
+template <int Mt>
+void transform_block(WForm form, const float* W, int64_t C, int64_t K, int64_t kb0, int NB,
+                     int64_t cb0, int64_t ncb, int64_t cbl, float* Ul, float* taps) {
+  constexpr int A = Wino<Mt>::A;
+  // channel groups outer: the NB blocks of one storage row (k, tap) are adjacent
+  for (int64_t c0 = cb0; c0 < cb0 + ncb; c0 += 16) {
+    prefetch_taps(form, W, C, K, kb0, NB, c0 + 16);
+    for (int b = 0; b < NB; ++b) {
+      const int64_t nc = std::min<int64_t>(16, cb0 + ncb - c0);
+      load_taps(form, W, C, K, kb0 + b, c0, nc, taps);
+      for (int64_t cc = 0; cc < nc; ++cc) {
+        V16 col[3], t[A][3], row[A], u3[3];
+        for (int q = 0; q < 3; ++q) {  // G g, column by column
+          for (int r = 0; r < 3; ++r) col[r] = V16::load(taps + ((r * 3 + q) * 16 + cc) * kBlock);
+          V16 out[A];
+          Wino<Mt>::gt(col, out);
+          for (int i = 0; i < A; ++i) t[i][q] = out[i];
+        }
+        for (int i = 0; i < A; ++i) {  // (G g) G^T, row by row
+          for (int q = 0; q < 3; ++q) u3[q] = t[i][q];
+          Wino<Mt>::gt(u3, row);
+          for (int j = 0; j < A; ++j)
+            row[j].store(Ul + (((i * A + j) * kMaxNB + b) * cbl + c0 - cb0 + cc) * kBlock);
+        }
+      }
+    }
+  }
+}
+
 int64_t vertex_tiles(const int32_t* vx, int64_t m) {
   const int64_t th = (int64_t(vx[5]) + m - 1) / m - vx[4] / m;
   const int64_t tw = (int64_t(vx[7]) + m - 1) / m - vx[6] / m;
@@ -120,9 +282,10 @@ int64_t vertex_tiles(const int32_t* vx, int64_t m) {
 }
 
 template <int Mt>
-void winograd_vertex(const WGeom& g, const float* x, const float* U, const float* bias,
-                     const float* res, float* out, const int32_t* vx, const float* zeros,
-                     bool relu, WScratch& sc, const PointwiseProgram* epi, float* epi_scratch) {
+void winograd_vertex(const WGeom& g, const float* x, const float* U, WForm form,
+                     const float* bias, const float* res, float* out, const int32_t* vx,
+                     const float* zeros, bool relu, WScratch& sc, const PointwiseProgram* epi,
+                     float* epi_scratch) {
   constexpr int kM = Mt, kA = Wino<Mt>::A, kXi = kA * kA;
   const int64_t n0 = vx[0], n1 = vx[1], k0 = vx[2], k1 = vx[3];
   const int64_t oh0 = vx[4], oh1 = vx[5], ow0 = vx[6], ow1 = vx[7];
@@ -131,7 +294,10 @@ void winograd_vertex(const WGeom& g, const float* x, const float* U, const float
   const int64_t tw0 = ow0 / kM, tw1 = (ow1 + kM - 1) / kM;
   const int64_t nth = th1 - th0, ntw = tw1 - tw0;
   const int64_t ntiles = (n1 - n0) * nth * ntw;
-  const int64_t TB = tile_block(g, kXi, ntiles, k1 - k0);
+  const bool packed = form != WForm::U;
+  const int64_t TB = tile_block(g, kXi, ntiles, k1 - k0, packed);
+  const int64_t cbl = ul_channels<Mt>();
+  const int64_t ulstride = kMaxNB * cbl * kBlock;  // floats between positions of Ul
   // Planes 64 bytes longer than their data: 36 accesses at a stride that is a multiple of 4 KiB
   // would all fall into one L1 set.
   const int64_t vstride = TB * g.Cp + 16;   // floats between xi planes of V
@@ -158,15 +324,21 @@ void winograd_vertex(const WGeom& g, const float* x, const float* U, const float
     // Output channels [k0, k1) in chunks of up to kMaxNB blocks.
     for (int64_t kb0 = k0 / kBlock; kb0 * kBlock < k1; kb0 += kMaxNB) {
       const int NB = int(std::min<int64_t>(kMaxNB, (k1 + kBlock - 1) / kBlock - kb0));
-      for (int xi = 0; xi < kXi; ++xi) {
-        wseg[0] = U + xi * ustride + kb0 * g.C * kBlock;
-        const float* vxi = V + xi * vstride;
-        float* mxi = M + xi * mstride;
-        // Groups of 6 tiles; each microkernel call leaves its acc in place as M's group.
-        for (int64_t s0 = 0; s0 < tb; s0 += kMaxPix) {
-          const int P = int(std::min<int64_t>(kMaxPix, tb - s0));
-          for (int p = 0; p < P; ++p) xseg[p] = vxi + (s0 + p) * g.Cp;
-          get_ukernel(P, NB)(wseg, g.C * kBlock, xseg, 1, int(g.C), mxi + s0 / kMaxPix * grp);
+      // The reduction over C: whole from U, or cbl channels at a time from Ul.
+      for (int64_t cb0 = 0; cb0 < g.C; cb0 += packed ? cbl : g.C) {
+        const int64_t ncb = packed ? std::min(cbl, g.C - cb0) : g.C;
+        if (packed) transform_block<Mt>(form, U, g.C, g.K, kb0, NB, cb0, ncb, cbl, sc.Ul, sc.taps);
+        for (int xi = 0; xi < kXi; ++xi) {
+          wseg[0] = packed ? sc.Ul + xi * ulstride : U + xi * ustride + kb0 * g.C * kBlock;
+          const float* vxi = V + xi * vstride + cb0;
+          float* mxi = M + xi * mstride;
+          // Groups of 6 tiles; each microkernel call leaves its acc in place as M's group.
+          for (int64_t s0 = 0; s0 < tb; s0 += kMaxPix) {
+            const int P = int(std::min<int64_t>(kMaxPix, tb - s0));
+            for (int p = 0; p < P; ++p) xseg[p] = vxi + (s0 + p) * g.Cp;
+            get_ukernel(P, NB, cb0 > 0)(wseg, packed ? cbl * kBlock : g.C * kBlock, xseg, 1,
+                                        int(ncb), mxi + s0 / kMaxPix * grp);
+          }
         }
       }
       // Inverse transform, epilogue, store: the box's pixels of each tile.
@@ -225,7 +397,7 @@ void check_tile(const char* fn, int64_t tile) {
 }
 
 WGeom winograd_geom(const char* fn, const FArr& x, const FArr& U, int64_t K, int64_t pad_h,
-                    int64_t pad_w, int64_t tile) {
+                    int64_t pad_w, int64_t tile, WForm form) {
   check_tile(fn, tile);
   const int64_t xis = (tile + 2) * (tile + 2);
   check_ndim(x, 4, fn, "x", "[N, H, W, C]");
@@ -242,12 +414,28 @@ WGeom winograd_geom(const char* fn, const FArr& x, const FArr& U, int64_t K, int
   g.KB = (K + kBlock - 1) / kBlock;
   g.Cp = (g.C + 15) / 16 * 16;
   g.TH = (g.OH + tile - 1) / tile; g.TW = (g.OW + tile - 1) / tile;
-  const int64_t usize = xis * g.KB * g.C * kBlock;
+  if (form == WForm::Storage || form == WForm::StorageFlipped) {
+    // [K][3][3][C] of the forward conv: (K, C) = (out, reduction), or swapped when flipped
+    const bool fl = form == WForm::StorageFlipped;
+    const int64_t kw = fl ? g.C : K, cw = fl ? K : g.C;
+    if (U.ndim() != 4 || U.shape(0) != kw || U.shape(1) != 3 || U.shape(2) != 3 ||
+        U.shape(3) != cw)
+      fail(std::string(fn) + ": weight storage has shape " + shape_str(U) + ", expected (" +
+           std::to_string(kw) + ", 3, 3, " + std::to_string(cw) + ") [K, R, S, C] for " +
+           (fl ? "the backward-data conv of dy with " : "x with ") + std::to_string(g.C) +
+           " channels into " + std::to_string(K));
+    return g;
+  }
+  const bool packed = form != WForm::U;
+  const int64_t usize = (packed ? 9 : xis) * g.KB * g.C * kBlock;
   if (U.ndim() != 1 || U.shape(0) != usize)
-    fail(std::string(fn) + ": transformed weight U has shape " + shape_str(U) + ", expected (" +
-         std::to_string(usize) + ",) for F(" + std::to_string(tile) + "x" +
-         std::to_string(tile) + ", 3x3), K=" + std::to_string(K) + " C=" + std::to_string(g.C) +
-         " (use winograd_weights with the same tile)");
+    fail(std::string(fn) + ": " + (packed ? "packed weight" : "transformed weight U") +
+         " has shape " + shape_str(U) + ", expected (" + std::to_string(usize) + ",) for " +
+         (packed ? std::string("a 3x3 kernel") : "F(" + std::to_string(tile) + "x" +
+                                                     std::to_string(tile) + ", 3x3)") +
+         ", K=" + std::to_string(K) + " C=" + std::to_string(g.C) +
+         (packed ? " (use pack_conv_weight, or pack_conv_data_weight for taps_flipped)"
+                 : " (use winograd_weights with the same tile)"));
   return g;
 }
 
@@ -348,10 +536,22 @@ py::array winograd_weights(const FArr& w, bool channels_last, int64_t tile, bool
 void conv2d_winograd(const FArr& x, const FArr& U, std::optional<FArr> bias,
                      std::optional<FArr> residual, py::array out, const IArr& vertices,
                      int64_t K, int64_t pad_h, int64_t pad_w, bool relu,
-                     const PointwiseProgram* epilogue_prog, int64_t tile) {
+                     const PointwiseProgram* epilogue_prog, int64_t tile,
+                     const std::string& weights) {
   const char* fn = "conv2d_winograd";
   float* o = out_ptr(out, fn);
-  const WGeom g = winograd_geom(fn, x, U, K, pad_h, pad_w, tile);
+  static const std::pair<const char*, WForm> forms[] = {
+      {"U", WForm::U}, {"taps", WForm::Taps}, {"taps_flipped", WForm::TapsFlipped},
+      {"storage", WForm::Storage}, {"storage_flipped", WForm::StorageFlipped}};
+  WForm form = WForm::U;
+  bool known = false;
+  for (const auto& [name, f] : forms)
+    if (weights == name) { form = f; known = true; }
+  if (!known)
+    fail(std::string(fn) + ": weights must be 'U', 'taps', 'taps_flipped', 'storage' or "
+         "'storage_flipped', got '" + weights + "'");
+  const bool packed = form != WForm::U;
+  const WGeom g = winograd_geom(fn, x, U, K, pad_h, pad_w, tile, form);
   const int64_t xis = (tile + 2) * (tile + 2);
   check_ndim(out, 4, fn, "out", "[N, OH, OW, K]");
   if (out.shape(0) != g.N || out.shape(1) != g.OH || out.shape(2) != g.OW || out.shape(3) != K)
@@ -368,7 +568,8 @@ void conv2d_winograd(const FArr& x, const FArr& U, std::optional<FArr> bias,
   int64_t TB = 1;
   for (py::ssize_t v = 0; v < V; ++v) {
     const int32_t* row = vertices.data() + 8 * v;
-    TB = std::max(TB, tile_block(g, xis, vertex_tiles(row, tile), int64_t(row[3]) - row[2]));
+    TB = std::max(TB, tile_block(g, xis, vertex_tiles(row, tile), int64_t(row[3]) - row[2],
+                                 packed));
   }
   const int nt = max_threads();
   const size_t nv = size_t((xis * (TB * g.Cp + 16) + 15) / 16 * 16);
@@ -378,9 +579,16 @@ void conv2d_winograd(const FArr& x, const FArr& U, std::optional<FArr> bias,
   float* vbuf = scratch_floats(0, nv * size_t(nt));
   float* mbuf = scratch_floats(1, nm * size_t(nt));
   float* abuf = scratch_floats(2, na * size_t(nt));
+  const size_t nu = packed ? size_t(xis * kMaxNB * kBlock *
+                                    (tile == 4 ? ul_channels<4>() : ul_channels<2>()))
+                           : 0;
+  const size_t ntaps = size_t(9 * 16 * kBlock);
+  float* ubuf = packed ? scratch_floats(3, (nu + ntaps) * size_t(nt)) : nullptr;
   std::vector<WScratch> scratch(static_cast<size_t>(nt));
   for (int t = 0; t < nt; ++t)
-    scratch[size_t(t)] = {vbuf + nv * size_t(t), mbuf + nm * size_t(t), abuf + na * size_t(t)};
+    scratch[size_t(t)] = {vbuf + nv * size_t(t), mbuf + nm * size_t(t), abuf + na * size_t(t),
+                          packed ? ubuf + (nu + ntaps) * size_t(t) : nullptr,
+                          packed ? ubuf + (nu + ntaps) * size_t(t) + nu : nullptr};
   std::vector<float> zeros(size_t(g.Cp) + 16, 0.f);
   const int64_t per = epilogue_prog ? epilogue_prog->scratch_floats() : 0;
   std::vector<float> epi_scratch(size_t(per) * size_t(nt));
@@ -390,8 +598,8 @@ void conv2d_winograd(const FArr& x, const FArr& U, std::optional<FArr> bias,
   const float* rp = residual ? residual->data() : nullptr;
   auto vertex = tile == 4 ? &winograd_vertex<4> : &winograd_vertex<2>;
   for_each_vertex(vertices.data(), V, 8, [&](const int32_t* row, int t) {
-    vertex(g, xp, up, bp, rp, o, row, zeros.data(), relu, scratch[size_t(t)], epilogue_prog,
-           epi_scratch.data() + per * t);
+    vertex(g, xp, up, form, bp, rp, o, row, zeros.data(), relu, scratch[size_t(t)],
+           epilogue_prog, epi_scratch.data() + per * t);
   });
 }
 
@@ -409,11 +617,17 @@ void register_winograd(py::module& m) {
   m.def("conv2d_winograd", &conv2d_winograd, py::arg("x"), py::arg("U"), py::arg("bias"),
         py::arg("residual"), py::arg("out"), py::arg("vertices"), py::arg("K"),
         py::arg("pad_h"), py::arg("pad_w"), py::arg("relu"), py::arg("epilogue") = nullptr,
-        py::arg("tile") = 4,
+        py::arg("tile") = 4, py::arg("weights") = "U",
         "3x3 stride-1 conv by Winograd F(tile x tile, 3x3), tile 4 or 2: out[N, OH, OW, K] "
         "(NHWC) = act(bias + conv(x, w) + residual) for every vertex row "
         "(n0,n1,k0,k1,oh0,oh1,ow0,ow1), U from winograd_weights with the same tile; then the "
-        "fused pointwise epilogue program, if any.");
+        "fused pointwise epilogue program, if any. weights: the form U is in -- 'U' "
+        "(winograd_weights), or the untransformed taps, transformed block by block inside "
+        "each vertex (less weight traffic, no pass over U when the weight changes; every tile "
+        "of a vertex in one block): 'taps' (pack_conv_weight, groups 1), 'taps_flipped' "
+        "(pack_conv_data_weight, for the backward-data conv: taps reversed), 'storage' (the "
+        "weight's channels-last [K, 3, 3, C] storage itself) or 'storage_flipped' (that "
+        "storage, for the backward-data conv).");
 }
 
 }  // namespace ipugraph

@@ -212,14 +212,15 @@ def test_resnet18_gradients_match_torch():
     """Every parameter's gradient within 1e-4 (norm-wise relative) of torch's float64 autograd.
     ReLU and max-pool gradients are discontinuous: where the float32 forward lands on the other
     side of a kink than float64, one element's gradient moves whole (one such element in 65,536
-    of a layer-1 ReLU gives ~5e-4; data seed 0 here does that, seeds 1-5 cross no kink and give
-    at most 8e-6). The seed below is one that crosses none."""
+    of a layer-1 ReLU gives ~5e-4). With the host plan's F(4x4) Winograd in layers 1-3 (float32
+    error ~1e-5 of the layer's output) data seeds 0, 1 and 4 here cross a kink (7e-4 to 8e-3),
+    seeds 2, 3 and 5 cross none and give at most 1.7e-5. The seed below is one that crosses none."""
     B, S, C = 4, 64, 10
     model = _torch_model("resnet18", C, 11)
     g = ig.models.resnet18(batch=B, image_size=S, num_classes=C, training=True)
     load_state_dict(g, model.state_dict())
     step = ig.training.add_training(g, output_grads=True)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(2)
     x = rng.standard_normal((B, 3, S, S)).astype(np.float32)
     y = rng.integers(0, C, B).astype(np.int64)
     eng = ig.compile(g, backend="cpu")

@@ -44,18 +44,24 @@ SHAPES = [  # n, c, k, h, w, pad
     (2, 17, 16, 4, 4, 2),
     (1, 130, 70, 7, 13, 1),
     (3, 16, 48, 1, 1, 1),       # a 1x1 map: every tap but the centre is padding
+    (1, 203, 21, 6, 7, 1),      # more input channels than a block of U made in the vertex
 ]
+# winograd_weights' U, or the taps transformed in the vertex: packed, or the weight's own
+# channels-last storage
+FORMS = ("U", "taps", "storage")
 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("n,c,k,h,w,pad", SHAPES)
-def test_kernel_matches_float64(isa, tile, n, c, k, h, w, pad):
+def test_kernel_matches_float64(isa, tile, form, n, c, k, h, w, pad):
     C = ext.load(isa)
     rng = np.random.default_rng(n * 1000 + c * 10 + k)
     x, wt, ref = _case(rng, n, c, k, h, w, pad)
     xn = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    u = C.winograd_weights(wt, False, tile)
+    u = {"U": lambda: C.winograd_weights(wt, False, tile), "taps": lambda: C.pack_conv_weight(wt, 1),
+         "storage": lambda: np.ascontiguousarray(wt.transpose(0, 2, 3, 1))}[form]()
     oh, ow = h + 2 * pad - 2, w + 2 * pad - 2
     out = np.full((n, oh, ow, k), np.nan, np.float32)
     # boxes that cut tiles (rows at 3, columns at 5) and blocks (channels at 20)
@@ -63,7 +69,7 @@ def test_kernel_matches_float64(isa, tile, n, c, k, h, w, pad):
     verts = np.array([[b, b + 1, k0, k1, r0, r1, c0, c1]
                       for b in range(n) for k0, k1 in cuts(k, 20) for r0, r1 in cuts(oh, 3)
                       for c0, c1 in cuts(ow, 5) if k1 > k0 and r1 > r0 and c1 > c0], np.int32)
-    C.conv2d_winograd(xn, u, None, None, out, verts, k, pad, pad, False, None, tile)
+    C.conv2d_winograd(xn, u, None, None, out, verts, k, pad, pad, False, None, tile, form)
     assert not np.isnan(out).any(), "a pixel of the output was never written"
     assert _rel(out.transpose(0, 3, 1, 2), ref) < TOL[tile]
 
@@ -88,9 +94,11 @@ def test_bias_residual_relu(isa, tile):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("n,c,k,h,w,pad", SHAPES)
-def test_backward_data_matches_float64(isa, tile, n, c, k, h, w, pad):
-    """dx of conv2d(x, w, padding=pad) as conv2d_winograd of dy with the transposed U."""
+def test_backward_data_matches_float64(isa, tile, form, n, c, k, h, w, pad):
+    """dx of conv2d(x, w, padding=pad) as conv2d_winograd of dy with the transposed U, or
+    with the taps flipped in the vertex: pack_conv_data_weight's, or the weight's storage."""
     C = ext.load(isa)
     rng = np.random.default_rng(n * 999 + c + k)
     wt = (rng.standard_normal((k, c, 3, 3)) / np.sqrt(9 * k)).astype(np.float32)
@@ -100,10 +108,15 @@ def test_backward_data_matches_float64(isa, tile, n, c, k, h, w, pad):
                                      torch.from_numpy(dy).double(), padding=pad).numpy()
     dyn = np.ascontiguousarray(dy.transpose(0, 2, 3, 1))
     for channels_last, wv in ((False, wt), (True, np.ascontiguousarray(wt.transpose(0, 2, 3, 1)))):
-        u = C.winograd_weights(wv, channels_last, tile, transposed=True)
+        if form == "storage" and not channels_last:
+            continue
+        u = {"U": lambda: C.winograd_weights(wv, channels_last, tile, transposed=True),
+             "taps": lambda: C.pack_conv_data_weight(wv, 1, channels_last),
+             "storage": lambda: wv}[form]()
         out = np.full((n, h, w, c), np.nan, np.float32)
         verts = np.array([[b, b + 1, 0, c, 0, h, 0, w] for b in range(n)], np.int32)
-        C.conv2d_winograd(dyn, u, None, None, out, verts, c, 2 - pad, 2 - pad, False, None, tile)
+        C.conv2d_winograd(dyn, u, None, None, out, verts, c, 2 - pad, 2 - pad, False, None, tile,
+                          form if form == "U" else form + "_flipped")
         assert not np.isnan(out).any()
         assert _rel(out.transpose(0, 3, 1, 2), ref) < TOL[tile]
 
@@ -198,6 +211,22 @@ def test_bad_arguments_are_refused_naming_the_call():
         C.winograd_weights(np.zeros((4, 8, 3, 3), np.float32), False, 3)
     with pytest.raises(ValueError, match="use winograd_weights with the same tile"):
         C.conv2d_winograd(x, u, None, None, out, verts, 4, 1, 1, False, None, 2)
+    taps = C.pack_conv_weight(np.zeros((4, 8, 3, 3), np.float32), 1)
+    with pytest.raises(ValueError, match="conv2d_winograd: packed weight has shape .* for a 3x3 "
+                                         "kernel, K=4 C=8 .use pack_conv_weight"):
+        C.conv2d_winograd(x, taps[:-16], None, None, out, verts, 4, 1, 1, False, None, 4, "taps")
+    with pytest.raises(ValueError, match="conv2d_winograd: transformed weight U"):
+        C.conv2d_winograd(x, taps, None, None, out, verts, 4, 1, 1, False, None, 4)
+    with pytest.raises(ValueError, match="weights must be 'U', 'taps'.* got 'packed'"):
+        C.conv2d_winograd(x, taps, None, None, out, verts, 4, 1, 1, False, None, 4, "packed")
+    storage = np.zeros((4, 3, 3, 8), np.float32)
+    with pytest.raises(ValueError, match=r"weight storage has shape \(8, 3, 3, 4\), expected "
+                                         r"\(4, 3, 3, 8\) \[K, R, S, C\] for x with 8 channels"):
+        C.conv2d_winograd(x, storage.reshape(8, 3, 3, 4), None, None, out, verts, 4, 1, 1, False,
+                          None, 4, "storage")
+    with pytest.raises(ValueError, match="for the backward-data conv of dy with 8 channels"):
+        C.conv2d_winograd(x, storage, None, None, out, verts, 4, 1, 1, False, None, 4,
+                          "storage_flipped")
     alias = np.zeros((1, 6, 6, 8), np.float32)
     with pytest.raises(ValueError, match="overlaps x"):
         C.conv2d_winograd(alias, C.winograd_weights(np.zeros((8, 8, 3, 3), np.float32), False),
@@ -308,3 +337,35 @@ def test_traffic_model_follows_the_codelet_blocking():
     assert extra > 0
     u = 36 * 512 * 256 * 4
     assert extra <= (np.ceil(128 / 14) - 1) * u
+
+
+def test_weights_transformed_in_the_vertex_where_the_model_says_so():
+    """winograd_in_vertex (the cpu lowering's choice, from ops/conv.py winograd_fused_gain): a
+    batch-1 deep layer -- few tiles, a large U -- transforms its taps in the vertex; a vertex of
+    many tiles or vertices sharing output channels (each would repeat the transform) read U; a
+    trained weight counts the per-step pass over U too. The planned network computes the same
+    either way (float64 reference)."""
+    from ipugraph.backends.cpu.conv import winograd_in_vertex
+    k_split = np.array([[0, 1, 0, 256, 0, 7, 0, 7], [0, 1, 256, 512, 0, 7, 0, 7]], np.int32)
+    assert winograd_in_vertex("winograd2x2", k_split, 512, 512, trained=False)
+    many = np.array([[0, 8, 0, 64, 0, 56, 0, 56]], np.int32)      # 196 F(4x4) tiles
+    assert not winograd_in_vertex("winograd4x4", many, 64, 64, trained=True)
+    shared = np.array([[0, 1, 0, 512, 0, 4, 0, 7], [0, 1, 0, 512, 4, 7, 0, 7]], np.int32)
+    assert not winograd_in_vertex("winograd2x2", shared, 512, 512, trained=False)
+    over = np.array([[0, 1, 0, 64, 0, 14, 0, 14]], np.int32)      # 49 F(2x2) tiles: one too many
+    assert not winograd_in_vertex("winograd2x2", over, 256, 64, trained=False)
+    fits = np.array([[0, 1, 0, 64, 0, 14, 0, 12]], np.int32)      # 7 x 6 = 42 tiles
+    assert winograd_in_vertex("winograd2x2", fits, 256, 64, trained=False)
+
+    g = ig.Graph(ig.Target.host(), name="deep")
+    x = g.input("x", (1, 256, 7, 7))
+    w = g.variable("w", (320, 256, 3, 3), init=ig.init.kaiming_normal(seed=3))
+    g.output("y", ig.ops.relu(ig.ops.conv2d(x, w, padding=1)))
+    plan = ig.plan(g, ig.Target.host(2), methods=("winograd2x2",))
+    step = next(s for s in plan.steps if s.space.method == "winograd2x2")
+    assert winograd_in_vertex("winograd2x2", np.asarray(step.vertices), 256, 320, False)
+    xv = np.random.default_rng(5).standard_normal((1, 256, 7, 7)).astype(np.float32)
+    y = ig.compile(g, backend="cpu", plan=plan).run({"x": xv})["y"]
+    ref = F.relu(F.conv2d(torch.from_numpy(xv).double(),
+                          torch.from_numpy(np.array(w.value)).double(), padding=1)).numpy()
+    assert _rel(y, ref) < TOL[2]

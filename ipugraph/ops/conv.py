@@ -160,6 +160,34 @@ def winograd_traffic(tiles, kv, c: int, positions: int = 36, item: int = 4):
     return np.where((tiles <= small) | (u <= WINO_V_BUDGET), 0.0, extra)
 
 
+# Transforming the weights inside the vertex (csrc/winograd.cpp, packed=True) instead of reading
+# a precomputed U: the vertex reads the 9 taps (U is a^2 / 9 of that: 1.8x for F(2x2), 4x for
+# F(4x4)) and spends these MAC-equivalents per (input channel, 16 output channels) on G g G^T.
+# Only for a vertex of at most 48 tiles: with more, the partial sums of the channel blocks (M)
+# and V outgrow L2 and it measured slower (ResNet-34's layer 3 at batch 8: 128 tiles a vertex).
+WINO_WEIGHT_MACS = {"winograd4x4": 3000, "winograd2x2": 1500}
+
+
+def winograd_fused_gain(method: str, tiles, kv, c: int, macs_per_byte: float, item: int = 4,
+                        weight_passes: float = 0.0, sharing=1):
+    """MAC-equivalents a Winograd vertex of `tiles` tiles and `kv` output channels saves by
+    transforming its weights itself rather than reading U (> 0: transform in the vertex; -inf
+    for a vertex of more than 48 tiles, or whose output channels `sharing` > 1 vertices share:
+    each would repeat the transform, where U is read once from memory and then from cache --
+    batch 8 inference measured 5 % slower). weight_passes: how often per run U would be
+    rewritten besides (1 for a weight the step trains: its prepare writes U each step, where
+    packing the taps writes 9 / a^2 of it)."""
+    _, positions, _, _ = WINOGRAD[method]
+    tiles = np.asarray(tiles, np.float64)
+    kb = -(-np.asarray(kv, np.float64) // 16)
+    small = 48.0                    # the codelet's largest L2 block of tiles (tile_block)
+    u = positions * c * kb * 16 * item
+    taps = 9 * c * kb * 16 * item
+    unfused = (u + weight_passes * (u - taps)) * macs_per_byte
+    fused = taps * macs_per_byte + kb * c * WINO_WEIGHT_MACS[method]
+    return np.where((tiles <= small) & (np.asarray(sharing) <= 1), unfused - fused, -np.inf)
+
+
 def _winograd_space(target, direct: Space, method: str, x, out_shape, whole) -> Space:
     """A 3x3 stride-1 conv of x [N, C, H, W] into out_shape [N, K, OH, OW] by F(m x m, 3x3):
     split over batch, output channels and whole m x m output tiles (no partial sums: each tile
@@ -181,7 +209,14 @@ def _winograd_space(target, direct: Space, method: str, x, out_shape, whole) -> 
         stream = winograd_traffic(tiles, sk, c, positions, item) * macs_per_byte
         x_bytes = sn * np.minimum(soh + 2, h) * np.minimum(sow + 2, wd) * c * item
         u_bytes = positions * c * kb * 16 * item
-        return gemm + transforms + stream, x_bytes, u_bytes, sn * sk * soh * sow * item
+        # the vertex transforming its own weights where that is cheaper: it streams the taps
+        sharing = -(-n // sn) * -(-oh // soh) * -(-ow // sow)
+        gain = winograd_fused_gain(method, tiles, sk, c, macs_per_byte, item, sharing=sharing)
+        fused = gain > 0
+        work = gemm + transforms + np.where(fused, stream + u_bytes * macs_per_byte - gain -
+                                            9 / positions * u_bytes * macs_per_byte, stream)
+        w_bytes = np.where(fused, 9 / positions * u_bytes, u_bytes)
+        return work, x_bytes, w_bytes, sn * sk * soh * sow * item
 
     return Space((Dim("n", n), Dim(direct.dims[1].name, k, target.channel_grain),
                   Dim(direct.dims[2].name, oh, m), Dim(direct.dims[3].name, ow, m)),

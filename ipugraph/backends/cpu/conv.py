@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...ops.conv import WINOGRAD
+from ...ops.conv import WINOGRAD, winograd_fused_gain
 from ...ops.norm import bn_scale_shift
+from ...target import Target
 from ..layout import storage_shape
 from ..registry import lowering
 from .common import C, Context, Kernel, check_array, packing
@@ -133,32 +134,66 @@ def conv2d_cpu(ctx: Context, cs) -> Kernel:
                         **packing(prepare, packs, dynamic), partials=partials)
 
 
+def winograd_in_vertex(method: str, verts: np.ndarray, c: int, k: int, trained: bool) -> bool:
+    """Whether the Winograd conv with these vertex boxes (n, k, oh, ow column pairs) transforms
+    its weights inside each vertex (csrc/winograd.cpp, packed=True) rather than reading a
+    precomputed U: summed over the vertices, ops/conv.py's winograd_fused_gain, plus for a
+    trained weight the pass that rewrites U each step (packing the taps instead writes 9 / a^2
+    of it)."""
+    m, positions, _, _ = WINOGRAD[method]
+    v = np.asarray(verts, np.int64)
+    tiles = (v[:, 1] - v[:, 0]) * (-(-v[:, 5] // m) - v[:, 4] // m) * (-(-v[:, 7] // m) - v[:, 6] // m)
+    host = Target.host()
+    mpb = host.macs_per_cycle / host.spill_bytes_per_cycle
+    _, which, count = np.unique(v[:, 2:4], axis=0, return_inverse=True, return_counts=True)
+    gain = winograd_fused_gain(method, tiles, v[:, 3] - v[:, 2], c, mpb,
+                               sharing=count[which.reshape(-1)])
+    if not np.isfinite(gain).all():
+        return False
+    if trained:                     # the step's pass over U, once for the whole weight
+        gain = gain.sum() + (positions - 9) * c * -(-k // 16) * 16 * 4 * mpb
+    return bool(np.sum(gain) > 0)
+
+
 def _winograd(ctx: Context, cs, x, out, res, relu, epi, tile: int) -> Kernel:
     """conv2d by F(tile x tile, 3x3) (csrc/winograd.cpp): the weights transformed at compile
-    (and again whenever they change), the vertex boxes as the planner split them."""
+    (and again whenever they change) -- or, where each vertex transforms them cheaper than it
+    would read U (winograd_in_vertex), their taps: a trained weight's own storage, else packed
+    --, the vertex boxes as the planner split them."""
     node = cs.anchor
     w_t = node.inputs[1]
     b_t = node.inputs[2] if len(node.inputs) > 2 else None
     k = w_t.shape[0]
     ph, pw = node.attrs["padding"]
     verts = cs.table("n", "k", "oh", "ow")
-    packed = {}
+    packs = weight_operands(cs, w_t, b_t)
+    dynamic = not ctx.is_static(*packs)
+    in_vertex = winograd_in_vertex(cs.method, verts, x.shape[3], k, dynamic)
+    packed = {"form": "U"}
 
     def prepare():
         if cs.folded_bn is None and b_t is None:
-            packed["u"] = C.winograd_weights(*conv_weight(ctx, w_t), tile,
-                                             into=packed.get("u"))
+            w, channels_last = conv_weight(ctx, w_t)
+            if in_vertex and channels_last:     # a trained weight: its own storage, as it is
+                packed["u"], packed["form"] = w, "storage"
+            elif in_vertex:
+                packed["u"], packed["form"] = C.pack_conv_weight(w, 1, False,
+                                                                 into=packed.get("u")), "taps"
+            else:
+                packed["u"] = C.winograd_weights(w, channels_last, tile, into=packed.get("u"))
             packed["b"] = None
             return
         w, b = folded_weight_bias(ctx, cs, w_t, b_t, out_axis=0)
-        packed["u"] = C.winograd_weights(w, False, tile, into=packed.get("u"))
+        if in_vertex:
+            packed["u"], packed["form"] = C.pack_conv_weight(w, 1, into=packed.get("u")), "taps"
+        else:
+            packed["u"] = C.winograd_weights(w, False, tile, into=packed.get("u"))
         packed["b"] = b
 
     def run():
         C.conv2d_winograd(x, packed["u"], packed["b"], res, out, verts, k, ph, pw, relu, epi,
-                          tile)
-    packs = weight_operands(cs, w_t, b_t)
-    return Kernel(node.name, run, **packing(prepare, packs, not ctx.is_static(*packs)))
+                          tile, packed["form"])
+    return Kernel(node.name, run, **packing(prepare, packs, dynamic))
 
 
 def _geom(a) -> tuple:
@@ -190,13 +225,25 @@ def conv2d_backward_data_cpu(ctx: Context, cs) -> Kernel:
         ph, pw = a["padding"]
         verts = cs.table("n", "c", "ih", "iw")
 
+        in_vertex = winograd_in_vertex(cs.method, verts, dy.shape[3], c, dynamic)
+
+        packed["form"] = "U"
+
         def prepare_u():
-            packed["u"] = C.winograd_weights(*conv_weight(ctx, w_t), tile, transposed=True,
-                                             into=packed.get("u"))
+            w, channels_last = conv_weight(ctx, w_t)
+            if in_vertex and channels_last:     # a trained weight: its own storage, as it is
+                packed["u"], packed["form"] = w, "storage_flipped"
+            elif in_vertex:
+                packed["u"], packed["form"] = C.pack_conv_data_weight(
+                    w, 1, False, into=packed.get("u")), "taps_flipped"
+            else:
+                packed["u"] = C.winograd_weights(w, channels_last, tile, transposed=True,
+                                                 into=packed.get("u"))
 
         return Kernel(node.name,
                       lambda: C.conv2d_winograd(dy, packed["u"], None, None, out, verts, c,
-                                                2 - ph, 2 - pw, False, epi, tile),
+                                                2 - ph, 2 - pw, False, epi, tile,
+                                                packed["form"]),
                       **packing(prepare_u, (w_t,), dynamic))
 
     def prepare():
