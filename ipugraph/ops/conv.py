@@ -160,12 +160,14 @@ def winograd_traffic(tiles, kv, c: int, positions: int = 36, item: int = 4):
     return np.where((tiles <= small) | (u <= WINO_V_BUDGET), 0.0, extra)
 
 
-# Transforming the weights inside the vertex (csrc/winograd.cpp, packed=True) instead of reading
-# a precomputed U: the vertex reads the 9 taps (U is a^2 / 9 of that: 1.8x for F(2x2), 4x for
-# F(4x4)) and spends these MAC-equivalents per (input channel, 16 output channels) on G g G^T.
+# Transforming the weights inside the vertex (csrc/winograd.cpp, weights other than 'U') instead
+# of reading a precomputed U: the vertex reads the 9 taps (U is a^2 / 9 of that: 1.8x for
+# F(2x2), 4x for F(4x4)) and spends these MAC-equivalents per (input channel, 16 output
+# channels) on G g G^T and on writing and re-reading its block of U in L2 -- measured with warm
+# caches on ResNet-34's layers 3 and 4 at batch 1, 2 threads (~220 and ~70 cycles).
 # Only for a vertex of at most 48 tiles: with more, the partial sums of the channel blocks (M)
 # and V outgrow L2 and it measured slower (ResNet-34's layer 3 at batch 8: 128 tiles a vertex).
-WINO_WEIGHT_MACS = {"winograd4x4": 3000, "winograd2x2": 1500}
+WINO_WEIGHT_MACS = {"winograd4x4": 7000, "winograd2x2": 2300}
 
 
 def winograd_fused_gain(method: str, tiles, kv, c: int, macs_per_byte: float, item: int = 4,
