@@ -101,7 +101,7 @@ constexpr int64_t kMaxV = (16 << 20) / 4;
 
 int64_t tile_block(const WGeom& g, int64_t xis, int64_t tiles, int64_t kv, bool fused) {
   // Transforming the weights in the vertex repeats the transform per block: take every tile
-  // (the planner does so only where they fit one L2 block, ops/conv.py winograd_fused_gain).
+  // (the planner does so only for vertices of <= 48 tiles, ops/conv.py winograd_fused_gain).
   if (fused)
     return std::clamp<int64_t>(tiles, 1, std::max<int64_t>(kMaxPix, kMaxV / (xis * g.Cp)));
   const int64_t small = std::clamp<int64_t>(kL2Floats / (xis * g.Cp), kMaxPix, 8 * kMaxPix);
@@ -239,10 +239,28 @@ void prefetch_taps(WForm form, const float* W, int64_t C, int64_t K, int64_t kb0
   }
 }
 
+// U = G g G^T of one input channel for 16 output channels: g[r * 3 + s] the 9 taps, position
+// xi = i * a + j stored at dst + xi * xstride.
+template <int Mt>
+inline void weight_tile(const V16* g, float* dst, int64_t xstride) {
+  constexpr int A = Wino<Mt>::A;
+  V16 col[3], t[A][3], row[A], u3[3];
+  for (int q = 0; q < 3; ++q) {  // G g, column by column
+    for (int r = 0; r < 3; ++r) col[r] = g[r * 3 + q];
+    V16 out[A];
+    Wino<Mt>::gt(col, out);
+    for (int i = 0; i < A; ++i) t[i][q] = out[i];
+  }
+  for (int i = 0; i < A; ++i) {  // (G g) G^T, row by row
+    for (int q = 0; q < 3; ++q) u3[q] = t[i][q];
+    Wino<Mt>::gt(u3, row);
+    for (int j = 0; j < A; ++j) row[j].store(dst + (i * A + j) * xstride);
+  }
+}
+
 template <int Mt>
 void transform_group(WForm form, const float* W, int64_t C, int64_t K, int64_t kb0, int b,
                      int64_t cb0, int64_t c0, int64_t nc, int64_t cbl, float* Ul, float* taps) {
-  constexpr int A = Wino<Mt>::A;
   // The 16 lanes of tap t of channel c0 + cc at src + t * tst + cc * cst, read in place where
   // the form holds them contiguous (a copy measured 25 % slower on ResNet-34's layer 4 at
   // batch 1), else gathered into `taps` (load_taps).
@@ -263,22 +281,9 @@ void transform_group(WForm form, const float* W, int64_t C, int64_t K, int64_t k
     load_taps(form, W, C, K, kb0 + b, c0, nc, taps);
   }
   for (int64_t cc = 0; cc < nc; ++cc) {
-    V16 col[3], t[A][3], row[A], u3[3];
-    for (int q = 0; q < 3; ++q) {  // G g, column by column
-      for (int r = 0; r < 3; ++r) {
-        const int tap = flip ? (2 - r) * 3 + (2 - q) : r * 3 + q;
-        col[r] = V16::load(src + tap * tst + cc * cst);
-      }
-      V16 out[A];
-      Wino<Mt>::gt(col, out);
-      for (int i = 0; i < A; ++i) t[i][q] = out[i];
-    }
-    for (int i = 0; i < A; ++i) {  // (G g) G^T, row by row
-      for (int q = 0; q < 3; ++q) u3[q] = t[i][q];
-      Wino<Mt>::gt(u3, row);
-      for (int j = 0; j < A; ++j)
-        row[j].store(Ul + (((i * A + j) * kMaxNB + b) * cbl + c0 - cb0 + cc) * kBlock);
-    }
+    V16 g[9];
+    for (int t = 0; t < 9; ++t) g[t] = V16::load(src + (flip ? 8 - t : t) * tst + cc * cst);
+    weight_tile<Mt>(g, Ul + (b * cbl + c0 - cb0 + cc) * kBlock, kMaxNB * cbl * kBlock);
   }
 }
 
@@ -510,19 +515,9 @@ void transform_weights(const WeightView& v, const float* src, float* dst, float*
       for (int64_t c0 = 0; c0 < C; c0 += kC) {
         const int64_t nc = std::min<int64_t>(kC, C - c0);
         for (int64_t cc = 0; cc < nc; ++cc) {
-          const int64_t c = c0 + cc;
-          V16 col[3], t[A][3], row[A], u3[3];
-          for (int q = 0; q < 3; ++q) {  // G g, column by column
-            for (int r = 0; r < 3; ++r) col[r] = V16::load(tp + ((r * 3 + q) * C + c) * kBlock);
-            V16 out[A];
-            Wino<Mt>::gt(col, out);
-            for (int i = 0; i < A; ++i) t[i][q] = out[i];
-          }
-          for (int i = 0; i < A; ++i) {  // (G g) G^T, row by row
-            for (int q = 0; q < 3; ++q) u3[q] = t[i][q];
-            Wino<Mt>::gt(u3, row);
-            for (int j = 0; j < A; ++j) row[j].store(local + ((i * A + j) * kC + cc) * kBlock);
-          }
+          V16 g[9];
+          for (int t = 0; t < 9; ++t) g[t] = V16::load(tp + (t * C + c0 + cc) * kBlock);
+          weight_tile<Mt>(g, local + cc * kBlock, kC * kBlock);
         }
         for (int xi = 0; xi < A * A; ++xi)
           copy_rows(dst + xi * ustride + (kb * C + c0) * kBlock, local + xi * kC * kBlock,

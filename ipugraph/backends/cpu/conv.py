@@ -134,25 +134,20 @@ def conv2d_cpu(ctx: Context, cs) -> Kernel:
                         **packing(prepare, packs, dynamic), partials=partials)
 
 
-def winograd_in_vertex(method: str, verts: np.ndarray, c: int, k: int, trained: bool) -> bool:
+def winograd_in_vertex(method: str, verts: np.ndarray, c: int, trained: bool) -> bool:
     """Whether the Winograd conv with these vertex boxes (n, k, oh, ow column pairs) transforms
-    its weights inside each vertex (csrc/winograd.cpp, packed=True) rather than reading a
-    precomputed U: summed over the vertices, ops/conv.py's winograd_fused_gain, plus for a
-    trained weight the pass that rewrites U each step (packing the taps instead writes 9 / a^2
-    of it)."""
-    m, positions, _, _ = WINOGRAD[method]
+    its weights inside each vertex (csrc/winograd.cpp, weights other than 'U') rather than
+    reading a precomputed U: ops/conv.py's winograd_fused_gain summed over the vertices, with
+    a trained weight's pass that rewrites U each step; c: the reduction channels."""
+    m = WINOGRAD[method][0]
     v = np.asarray(verts, np.int64)
     tiles = (v[:, 1] - v[:, 0]) * (-(-v[:, 5] // m) - v[:, 4] // m) * (-(-v[:, 7] // m) - v[:, 6] // m)
     host = Target.host()
     mpb = host.macs_per_cycle / host.spill_bytes_per_cycle
     _, which, count = np.unique(v[:, 2:4], axis=0, return_inverse=True, return_counts=True)
     gain = winograd_fused_gain(method, tiles, v[:, 3] - v[:, 2], c, mpb,
-                               sharing=count[which.reshape(-1)])
-    if not np.isfinite(gain).all():
-        return False
-    if trained:                     # the step's pass over U, once for the whole weight
-        gain = gain.sum() + (positions - 9) * c * -(-k // 16) * 16 * 4 * mpb
-    return bool(np.sum(gain) > 0)
+                               weight_passes=float(trained), sharing=count[which.reshape(-1)])
+    return bool(np.isfinite(gain).all() and gain.sum() > 0)
 
 
 def _winograd(ctx: Context, cs, x, out, res, relu, epi, tile: int) -> Kernel:
@@ -168,26 +163,20 @@ def _winograd(ctx: Context, cs, x, out, res, relu, epi, tile: int) -> Kernel:
     verts = cs.table("n", "k", "oh", "ow")
     packs = weight_operands(cs, w_t, b_t)
     dynamic = not ctx.is_static(*packs)
-    in_vertex = winograd_in_vertex(cs.method, verts, x.shape[3], k, dynamic)
+    in_vertex = winograd_in_vertex(cs.method, verts, x.shape[3], dynamic)
     packed = {"form": "U"}
 
     def prepare():
         if cs.folded_bn is None and b_t is None:
-            w, channels_last = conv_weight(ctx, w_t)
-            if in_vertex and channels_last:     # a trained weight: its own storage, as it is
-                packed["u"], packed["form"] = w, "storage"
-            elif in_vertex:
-                packed["u"], packed["form"] = C.pack_conv_weight(w, 1, False,
-                                                                 into=packed.get("u")), "taps"
-            else:
-                packed["u"] = C.winograd_weights(w, channels_last, tile, into=packed.get("u"))
-            packed["b"] = None
-            return
-        w, b = folded_weight_bias(ctx, cs, w_t, b_t, out_axis=0)
-        if in_vertex:
+            (w, channels_last), b = conv_weight(ctx, w_t), None
+        else:
+            (w, b), channels_last = folded_weight_bias(ctx, cs, w_t, b_t, out_axis=0), False
+        if in_vertex and channels_last:         # a trained weight: its own storage, as it is
+            packed["u"], packed["form"] = w, "storage"
+        elif in_vertex:
             packed["u"], packed["form"] = C.pack_conv_weight(w, 1, into=packed.get("u")), "taps"
         else:
-            packed["u"] = C.winograd_weights(w, False, tile, into=packed.get("u"))
+            packed["u"] = C.winograd_weights(w, channels_last, tile, into=packed.get("u"))
         packed["b"] = b
 
     def run():
@@ -225,7 +214,7 @@ def conv2d_backward_data_cpu(ctx: Context, cs) -> Kernel:
         ph, pw = a["padding"]
         verts = cs.table("n", "c", "ih", "iw")
 
-        in_vertex = winograd_in_vertex(cs.method, verts, dy.shape[3], c, dynamic)
+        in_vertex = winograd_in_vertex(cs.method, verts, dy.shape[3], dynamic)
 
         packed["form"] = "U"
 
