@@ -8,9 +8,9 @@ import pytest
 
 import ipugraph as ig
 from ipugraph.cli import main
-from ipugraph.viz.schema import load_graph_json
+from ipugraph.viz.schema import load
 
-FILES = ("graph.json", "graph.gexf", "graph.graphml", "graph.dot", "graph.png", "graph.svg",
+FILES = ("graph.json", "graph.vertices.parquet", "graph.edges.parquet", "graph.gexf", "graph.graphml", "graph.dot", "graph.png", "graph.svg",
          "tiles.png", "trace.json", "report.html")
 
 
@@ -29,7 +29,7 @@ def test_dump_writes_every_file(small_plan, tmp_path):
     frames = sorted(p for p in manifest["files"] if p.startswith("frames"))
     assert len(frames) == len(small_plan.steps)
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
-    doc = load_graph_json(str(tmp_path / "graph.json"))
+    doc = load(str(tmp_path / "graph.json"))
     assert len(doc["vertices"]["id"]) == manifest["vertices"]
     g = nx.read_graphml(tmp_path / "graph.graphml")
     assert g.number_of_nodes() > 0

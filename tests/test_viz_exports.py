@@ -1,6 +1,6 @@
 """graph.json, GEXF, GraphML, DOT and the Chrome trace of a plan, checked against the plan:
 
-- graph.json round-trips through load_graph_json: its counts, bytes and cycles are the plan's
+- graph.json and its Parquet tables round-trip through load: their counts, bytes and cycles are the plan's
   (vertex count = vertices of every step + reduction vertices + graph-input boxes; per-tile
   compute = the sum over steps of Step.tile_compute), and a corrupted file is refused naming
   what is wrong;
@@ -26,7 +26,7 @@ import pytest
 import ipugraph as ig
 from ipugraph.viz.exports import aggregate, resolve_level, write_dot, write_gexf, write_graphml
 from ipugraph.viz.graphdata import CODELETS, build
-from ipugraph.viz.schema import SCHEMA_VERSION, load_graph_json, write_graph_json
+from ipugraph.viz.schema import SCHEMA_VERSION, load, write_graph_json
 from ipugraph.viz.trace import tile_groups, write_trace
 
 from helpers import rand
@@ -62,7 +62,7 @@ def repeat_plan():
 def test_graph_json_matches_plan(plans, key, tmp_path):
     plan, vg = plans[key]
     path = write_graph_json(vg, tmp_path / "graph.json")
-    doc = load_graph_json(path)
+    doc = load(path)
     assert doc["schema"] == "ipugraph.graph" and doc["version"] == SCHEMA_VERSION
     meta = doc["meta"]
     T = plan.target.tiles
@@ -125,45 +125,107 @@ def test_graph_json_matches_plan(plans, key, tmp_path):
     assert st["repeats"] == [s.repeats for s in plan.steps]
 
 
-def _corrupt(tmp_path, doc, name, change):
-    bad = json.loads(json.dumps(doc))
-    change(bad)
-    path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps(bad))
-    return path
+def _copy_dump(tmp_path, name):
+    """A copy of the graph files in tmp_path/<name>/ (the manifest and its two Parquet files)."""
+    d = tmp_path / name
+    d.mkdir()
+    for f in ("graph.json", "graph.vertices.parquet", "graph.edges.parquet"):
+        shutil.copy(tmp_path / f, d / f)
+    return d
 
 
-def test_graph_json_rejects_corrupt_files(plans, tmp_path):
+def test_graph_files_are_compact_columnar(plans, tmp_path):
+    """The big tables are Parquet (a few bytes per edge), the manifest small JSON; load()
+    takes the folder or the manifest and gives NumPy columns."""
+    _, vg = plans["mk2"]
+    write_graph_json(vg, tmp_path / "graph.json")
+    manifest = json.loads((tmp_path / "graph.json").read_text())
+    assert manifest["files"] == {"vertices": "graph.vertices.parquet",
+                                 "edges": "graph.edges.parquet"}
+    assert "edges" not in manifest and "vertices" not in manifest
+    edges_size = (tmp_path / "graph.edges.parquet").stat().st_size
+    assert edges_size < 4 * vg.num_edges            # int32 src+dst+bytes+tensor would be 16
+    doc = ig.viz.load(tmp_path)
+    assert isinstance(doc["edges"]["src"], np.ndarray)
+    assert np.array_equal(doc["edges"]["src"], vg.e_src)
+    assert np.array_equal(doc["edges"]["dst"], vg.e_dst)
+    assert np.array_equal(doc["edges"]["tensor"], vg.e_tensor)
+
+
+def test_graph_files_reject_corrupt_input(plans, tmp_path):
+    import pyarrow.parquet as pq
     _, vg = plans["small"]
-    doc = load_graph_json(write_graph_json(vg, tmp_path / "graph.json"))
+    write_graph_json(vg, tmp_path / "graph.json")
+    manifest = json.loads((tmp_path / "graph.json").read_text())
 
-    def drop_column(d):
-        del d["vertices"]["tile"]
+    def with_manifest(name, change):
+        d = _copy_dump(tmp_path, name)
+        bad = json.loads(json.dumps(manifest))
+        change(bad)
+        (d / "graph.json").write_text(json.dumps(bad))
+        return d / "graph.json"
+
+    def with_table(name, table, change):
+        d = _copy_dump(tmp_path, name)
+        f = d / f"graph.{table}.parquet"
+        pq.write_table(change(pq.read_table(f)), f)
+        return d
 
     def set_version(d):
         d["version"] = SCHEMA_VERSION + 1
 
+    def drop_tile(t):
+        return t.drop_columns(["tile"])
+
+    def src_out_of_range(t):
+        src = t.column("src").to_numpy().copy()
+        src[0] = vg.num_vertices
+        return t.set_column(t.column_names.index("src"), "src", __import__("pyarrow").array(src))
+
     cases = [
-        ("version", set_version, r"schema version 2 is not supported .*reads version 1"),
-        ("schema", lambda d: d.update(schema="something.else"),
+        (with_manifest("version", set_version),
+         r"schema version 3 is not supported .*reads version 2"),
+        (with_manifest("float_version", lambda d: d.update(version=2.0)),
+         r"schema version 2.0 is not supported"),
+        (with_manifest("schema", lambda d: d.update(schema="something.else")),
          r"'schema' is 'something.else', expected 'ipugraph.graph'"),
-        ("missing_key", lambda d: d.pop("edges"), r"missing top-level key 'edges'"),
-        ("missing_meta", lambda d: d["meta"].pop("target"), r"missing key 'meta.target'"),
-        ("missing_column", drop_column, r"table 'vertices' has no column 'tile'"),
-        ("unequal", lambda d: d["edges"]["bytes"].append(4),
-         r"columns of table 'edges' have unequal lengths: .*bytes=%d" % (vg.num_edges + 1)),
-        ("count", lambda d: d["meta"]["counts"].update(steps=1),
+        (with_manifest("missing_key", lambda d: d.pop("tiles")), r"missing top-level key 'tiles'"),
+        (with_manifest("missing_meta", lambda d: d["meta"].pop("target")),
+         r"missing key 'meta.target'"),
+        (with_manifest("count", lambda d: d["meta"]["counts"].update(steps=1)),
          r"table 'steps' has \d+ rows but meta.counts.steps is 1"),
-        ("range", lambda d: d["edges"]["src"].__setitem__(0, vg.num_vertices),
-         r"column 'edges.src' holds values .* outside 0..%d" % (vg.num_vertices - 1)),
+        (with_manifest("edge_count", lambda d: d["meta"]["counts"].update(edges=1)),
+         r"table 'edges' has \d+ rows but meta.counts.edges is 1"),
+        (with_manifest("files", lambda d: d.pop("files")), r"missing the object 'files'"),
+        (with_manifest("escape", lambda d: d["files"].update(edges="../x.parquet")),
+         r"'files.edges' must name a file beside the manifest"),
+        (with_table("missing_column", "vertices", drop_tile),
+         r"table 'vertices' has no column 'tile'"),
+        (with_table("range", "edges", src_out_of_range),
+         r"graph.edges.parquet: .*column 'edges.src' holds values .* outside 0..%d"
+         % (vg.num_vertices - 1)),
     ]
-    for name, change, message in cases:
+    for path, message in cases:
         with pytest.raises(ValueError, match=message):
-            load_graph_json(_corrupt(tmp_path, doc, name, change))
+            load(path)
+    gone = _copy_dump(tmp_path, "gone")
+    (gone / "graph.edges.parquet").unlink()
+    with pytest.raises(ValueError, match=r"cannot read the 'edges' table"):
+        load(gone)
     broken = tmp_path / "truncated.json"
     broken.write_text((tmp_path / "graph.json").read_text()[:1000])
-    with pytest.raises(ValueError, match="not valid JSON"):
-        load_graph_json(broken)
+    with pytest.raises(ValueError, match=r"truncated.json: not valid JSON"):
+        load(broken)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'{"schema": "\xff"}')
+    with pytest.raises(ValueError, match=r"latin.json: not valid JSON: not UTF-8"):
+        load(latin)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ValueError, match=r"deep.json: not valid JSON"):
+        load(deep)
+    with pytest.raises(ValueError, match=r"nowhere.json: cannot read the graph manifest"):
+        load(tmp_path / "nowhere.json")
 
 
 # -- aggregation ------------------------------------------------------------------------------

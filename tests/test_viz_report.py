@@ -367,3 +367,50 @@ def test_resnet34_report_size_and_speed(browser, tmp_path):
     move_to_vertex(driver, i)
     assert state(driver, "hovered") == i
     assert not severe(driver)
+
+
+@pytest.mark.slow
+def test_training_scale_report_is_bounded_and_interactive(browser, small, tmp_path):
+    """1.4 M vertices (ResNet-34's training step on a Mk2 plans 1.34 M): the small plan's vertex
+    graph repeated 56 times side by side, so the page carries a training dump's tables. The file
+    stays within 40 MB (gzipped typed arrays) and the page still hovers, zooms and highlights."""
+    import dataclasses
+    vg, reps = small["vg"], 56
+    V, E = vg.num_vertices, vg.num_edges
+    rep = lambda a: np.tile(a, reps)                                  # noqa: E731
+    shift = np.repeat(np.arange(reps), E) * V
+    big = dataclasses.replace(
+        vg, v_step=rep(vg.v_step), v_tile=rep(vg.v_tile), v_codelet=rep(vg.v_codelet),
+        v_layer=rep(vg.v_layer), v_macs=rep(vg.v_macs), v_cycles=rep(vg.v_cycles),
+        v_bytes=rep(vg.v_bytes), e_src=rep(vg.e_src) + shift, e_dst=rep(vg.e_dst) + shift,
+        e_bytes=rep(vg.e_bytes), e_tensor=rep(vg.e_tensor), e_rank=None, cache={})
+    pos = standin_positions(vg)
+    width = np.ptp(pos[:, 0]) * 1.05
+    pos = np.concatenate([pos + [k * width, 0] for k in range(reps)])
+    pos += np.random.default_rng(0).normal(0, 0.2, pos.shape)   # a layout's incompressible bits
+    t0 = time.perf_counter()
+    path = write_report(big, pos, tmp_path / "big.html")
+    size = path.stat().st_size
+    print(f"\n{big.num_vertices:,} vertices -> {size / 2**20:.1f} MiB in "
+          f"{time.perf_counter() - t0:.1f} s")
+    assert big.num_vertices > 1_300_000
+    assert size <= 40 * 2**20, f"{size:,} bytes"
+
+    t0 = time.perf_counter()
+    page = open_report(need(browser), path, timeout=120.0)
+    print(f"ready in {time.perf_counter() - t0:.1f} s; redraw "
+          f"{page.execute_script('return window.ipugraphReport.redraw()'):.0f} ms")
+    assert state(page, "count") == big.num_vertices
+    px = page.execute_script(PIXELS)
+    assert px["lit"] > 0.02 * px["total"], px
+    zoom_in(page, 12)
+    i = page.execute_script(ISOLATED, 8)
+    assert i is not None, "no isolated vertex in view after zooming in"
+    move_to_vertex(page, i)
+    assert state(page, "hovered") == i
+    from selenium.webdriver.common.by import By
+    assert f"#{i}" in page.find_element(By.ID, "tooltip").text
+    layer = int(big.v_layer[i])
+    page.find_element(By.CSS_SELECTOR, f'#legend li[data-layer="{layer}"]').click()
+    assert state(page, "highlighted") == layer
+    assert not severe(page)

@@ -52,6 +52,8 @@ EDGES_PER_VERTEX_PNG = 2
 EDGES_PER_VERTEX_SVG = 1
 EDGE_ALPHA = 0.05
 NO_WORK = (0.55, 0.57, 0.62, 1.0)
+MAX_EDGES_DRAWN = 400_000        # the heaviest of the picked edges, past this many
+SVG_VECTOR_MAX = 150_000         # vertices; a bigger graph's SVG embeds its points as an image
 
 
 def _mpl():
@@ -104,13 +106,15 @@ def vertex_sizes(cycles: np.ndarray, smin: float = SIZE_MIN, smax: float = SIZE_
 
 
 def heaviest_inputs(vg: VizGraph, per_vertex: int) -> np.ndarray:
-    """Indices of each vertex's `per_vertex` heaviest input edges (ties: lower index first)."""
+    """Indices of each vertex's `per_vertex` heaviest input edges (ties: nearer tiles, then
+    lower index first; vg.e_rank when build computed it)."""
     if vg.num_edges == 0 or per_vertex <= 0:
         return np.zeros(0, np.int64)
-    order = np.lexsort((-vg.e_bytes, vg.e_dst))
-    d = vg.e_dst[order]
-    rank = np.arange(len(order)) - np.searchsorted(d, d, side="left")
-    return np.sort(order[rank < per_vertex])
+    rank = vg.e_rank
+    if rank is None:
+        from .graphdata import rank_inputs
+        rank = rank_inputs(vg.e_src, vg.e_dst, vg.e_bytes, vg.v_tile)
+    return np.flatnonzero(rank < per_vertex)
 
 
 def check_color(color: str) -> None:
@@ -277,16 +281,20 @@ def caption(vg: VizGraph, drawn: int, per_vertex: int) -> str:
     t = plan.target
     cyc = plan.estimated_cycles()
     secs = plan.estimated_seconds()
+    from .layout import FINE_MAX_VERTICES
     which = "heaviest input edge" if per_vertex == 1 else f"{per_vertex} heaviest input edges"
+    fine = ("then every vertex by UMAP" if vg.num_vertices <= FINE_MAX_VERTICES else
+            "each one's vertices on a disc around it, in tile order")
     return (f"{plan.graph.name} · {t.name} ({t.tiles:,} tiles × {t.bytes_per_tile // 1024} "
             f"KiB) · batch {plan.batch()} · {len(plan.steps)} BSP steps · "
             f"{vg.num_vertices:,} vertices · {vg.num_edges:,} edges · estimated {cyc:,.0f} "
             f"cycles = {secs * 1e3:.3f} ms at {t.clock_hz / 1e9:.2f} GHz "
             f"({plan.samples_per_second():,.0f} samples/s)\n"
-            f"Edges drawn: the {which} (by bytes) of every vertex — {drawn:,} of "
-            f"{vg.num_edges:,}; an edge leaves its producer in the producer's colour. Layout: "
-            f"multilevel, (step, tile-group) super-nodes by Fruchterman-Reingold, then every "
-            f"vertex by UMAP (ipugraph.viz.layout).")
+            f"Edges drawn: the {which} (by bytes) of every vertex"
+            f"{', the heaviest of them' if drawn == MAX_EDGES_DRAWN else ''}"
+            f" — {drawn:,} of {vg.num_edges:,}; an edge leaves its producer in the producer's "
+            f"colour. Layout: multilevel, (step, tile-group) super-nodes by "
+            f"Fruchterman-Reingold, {fine} (ipugraph.viz.layout).")
 
 
 def _legend(lax, vg: VizGraph, color: str, key: dict, top_cycles: float, smax: float,
@@ -470,7 +478,16 @@ def draw_graph(vg: VizGraph, positions, png_path, svg_path=None, color: str = "l
             continue
         fig, ax, lax, (head, foot) = canvas(pos)
         idx = heaviest_inputs(vg, per_vertex)
-        if fmt == "png":
+        if len(idx) > MAX_EDGES_DRAWN:
+            idx = np.sort(idx[np.argpartition(-vg.e_bytes[idx], MAX_EDGES_DRAWN - 1)
+                              [:MAX_EDGES_DRAWN]])
+        if fmt == "png" or vg.num_vertices > SVG_VECTOR_MAX:
+            # (rasterized: in the SVG the points and edges are one embedded image, the text
+            # and keys stay vectors -- 1.3 M vertex markers made a 205 MB file)
+            draw_edges(ax, pos, vg, idx, colors, alpha=edge_alpha(len(idx)),
+                       rasterized=fmt == "svg")
+            draw_points(ax, pos, colors, sizes, order=order, rasterized=fmt == "svg")
+        elif False:
             draw_edges(ax, pos, vg, idx, colors, alpha=edge_alpha(len(idx)))
             draw_points(ax, pos, colors, sizes, order=order)
         else:                                       # compact vector: no glow, 4 size classes

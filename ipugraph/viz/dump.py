@@ -1,6 +1,7 @@
 """dump(plan, out_dir): every export and picture of a plan, timed, with a manifest.
 
-Files (each module documents its own): graph.json (schema.py), graph.gexf / graph.graphml /
+Files (each module documents its own): graph.json with graph.vertices.parquet and
+graph.edges.parquet (schema.py), graph.gexf / graph.graphml /
 graph.dot (exports.py), trace.json (trace.py), graph.png / graph.svg (layout.py + draw.py),
 tiles.png and, with frames=True, frames/frame_NNN.png (tiles.py), report.html (report.py), and
 manifest.json: the files, their sizes and how long each took.
@@ -44,9 +45,10 @@ def dump(plan, out_dir: str, *, level: str = "auto", color: str = "layer",
         return result
 
     path = lambda name: os.path.join(out_dir, name)          # noqa: E731
-    vg = timed("vertex graph", lambda: build(plan))
+    vg = timed("vertex graph", lambda: build(plan, progress=say))
     say(f"{vg.num_vertices:,} vertices, {vg.num_edges:,} edges")
-    timed("graph.json", lambda: schema.write_graph_json(vg, path("graph.json")), path("graph.json"))
+    timed("graph.json", lambda: schema.write_graph_json(vg, path("graph.json")),
+          path("graph.json"), path("graph.vertices.parquet"), path("graph.edges.parquet"))
     level = exports.resolve_level(vg, level)             # once, not in each of the writers
     timed("graph.gexf", lambda: exports.write_gexf(vg, path("graph.gexf"), level=level),
           path("graph.gexf"))

@@ -35,7 +35,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from .graphdata import CODELETS, VizGraph
+from .graphdata import CODELETS, VizGraph, sum_by_key
 from .schema import op_lookup
 
 LEVELS = ("vertex", "op-tile", "op-tilegroup", "auto")
@@ -115,8 +115,16 @@ def resolve_level(vg: VizGraph, level: str) -> str:
 
 
 def aggregate(vg: VizGraph, level: str = "auto") -> Aggregate:
-    """Nodes and edges of `vg` at `level` ("vertex", "op-tile", "op-tilegroup" or "auto")."""
+    """Nodes and edges of `vg` at `level` ("vertex", "op-tile", "op-tilegroup" or "auto"),
+    computed once per level (the three writers of a dump share it)."""
     level = resolve_level(vg, level)
+    key = ("aggregate", level)
+    if key not in vg.cache:
+        vg.cache[key] = _aggregate(vg, level)
+    return vg.cache[key]
+
+
+def _aggregate(vg: VizGraph, level: str) -> Aggregate:
     ops, v_op = op_lookup(vg)
     name = vg.plan.graph.name
     if level == "vertex":
@@ -146,10 +154,9 @@ def aggregate(vg: VizGraph, level: str = "auto") -> Aggregate:
     masks, kind_index = np.unique(kinds, return_inverse=True)
     codelets = ["+".join(c for b, c in enumerate(CODELETS) if m >> b & 1) for m in masks.tolist()]
 
-    src, dst = inv[vg.e_src], inv[vg.e_dst]
-    ekey = src * N + dst
-    eu, einv = np.unique(ekey, return_inverse=True)
-    einv = einv.reshape(-1)
+    eu, ebytes, ecount = sum_by_key(
+        vg.num_edges, lambda sl: inv[vg.e_src[sl]].astype(np.int64) * N + inv[vg.e_dst[sl]],
+        vg.e_bytes)
     return Aggregate(
         level, name, ops, list(vg.layers), codelets,
         step[first], tile[first] * gsize, v_op[first],
@@ -159,8 +166,7 @@ def aggregate(vg: VizGraph, level: str = "auto") -> Aggregate:
         np.bincount(inv, weights=vg.v_bytes, minlength=N),
         np.bincount(inv, minlength=N).astype(np.int64),
         eu // N, eu % N,
-        np.bincount(einv, weights=vg.e_bytes, minlength=len(eu)).round().astype(np.int64),
-        np.bincount(einv, minlength=len(eu)).astype(np.int64))
+        ebytes.round().astype(np.int64), ecount)
 
 
 # -- value formatting ------------------------------------------------------------------------

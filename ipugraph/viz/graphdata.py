@@ -13,7 +13,9 @@ so every number in a picture can be traced back to `ipugraph plan`.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -41,6 +43,10 @@ class VizGraph:
     e_bytes: np.ndarray
     e_tensor: np.ndarray          # index into `tensors`
     tensors: list[dict] = field(default_factory=list)   # name, shape, dtype, bytes, producer step
+    # rank of each edge among its consumer's input edges: 0 the heaviest (ties: nearer tiles,
+    # then lower edge index; 255 for the 255th and beyond); None when not computed
+    e_rank: np.ndarray | None = None
+    cache: dict = field(default_factory=dict, repr=False, compare=False)   # derived tables
 
     @property
     def num_vertices(self) -> int:
@@ -56,38 +62,175 @@ class VizGraph:
         return int(self.e_bytes[cross].sum())
 
 
-def overlaps(a: Region, b: Region, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs of overlapping boxes (i in a, j in b) with the overlap's element count."""
+def _ranges(counts: np.ndarray) -> np.ndarray:
+    """The concatenated aranges of the given lengths: [2, 0, 3] -> [0, 1, 0, 1, 2]."""
+    starts = np.cumsum(counts) - counts
+    return np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)
+
+
+def _join(alo, ahi, blo, bhi) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs (i, j) of overlapping intervals [alo[i], ahi[i]) and [blo[j], bhi[j]): with b
+    sorted by lo, the candidates of interval i are one run (starting before ahi[i], running
+    maximum of hi past alo[i]), checked exactly."""
+    order = np.argsort(blo, kind="stable")
+    stop = np.searchsorted(blo[order], ahi, side="left")
+    first = np.searchsorted(np.maximum.accumulate(bhi[order]), alo, side="right")
+    c = np.maximum(stop - first, 0)
+    i = np.repeat(np.arange(len(alo), dtype=np.int64), c)
+    j = order[np.repeat(first, c) + _ranges(c)]
+    m = (blo[j] < ahi[i]) & (bhi[j] > alo[i])
+    return i[m], j[m]
+
+
+def _overlaps_by_key(a: Region, b: Region, ids, uniq, budget: int):
+    """overlaps() for boxes made of few distinct intervals per axis, or None when it would check
+    more than `budget` candidate pairs at some stage. Each b box is a key, its interval index on
+    every axis (a tensor split 8 ways over channels has 8 channel intervals). Axis by axis --
+    each time the one that adds the fewest pairs --, every a box is paired with the b intervals
+    it meets on that axis (an interval join), and a partial key that no b box has is dropped."""
+    rank = a.lo.shape[1]
+    ai = np.arange(len(a.lo), dtype=np.int64)
+    key = np.zeros(len(a.lo), np.int64)
+    bkey = np.zeros(len(b.lo), np.int64)
+    left = list(range(rank))
+    while left:
+        cost = [_candidates(a.lo[ai, d], a.hi[ai, d], uniq[d][:, 0], uniq[d][:, 1]) for d in left]
+        if min(cost) > budget:
+            return None
+        d = left.pop(int(np.argmin(cost)))
+        u = uniq[d]
+        bkey = bkey * len(u) + ids[d]                   # < len(b.lo) * len(u): renumbered below
+        i, j = _join(a.lo[ai, d], a.hi[ai, d], u[:, 0], u[:, 1])
+        ai, key = ai[i], key[i] * len(u) + j
+        prefixes, bkey = np.unique(bkey, return_inverse=True)
+        bkey = bkey.reshape(-1)
+        pos = np.minimum(np.searchsorted(prefixes, key), len(prefixes) - 1)
+        m = prefixes[pos] == key
+        ai, key = ai[m], pos[m]
+    border = np.argsort(bkey, kind="stable")
+    sorted_keys = bkey[border]
+    lo = np.searchsorted(sorted_keys, key, side="left")
+    c = np.searchsorted(sorted_keys, key, side="right") - lo
+    i = np.repeat(ai, c)
+    j = border[np.repeat(lo, c) + _ranges(c)]
+    v = np.prod(np.minimum(a.hi[i], b.hi[j]) - np.maximum(a.lo[i], b.lo[j]), axis=1)
+    m = v > 0
+    return i[m], j[m], v[m]
+
+
+def _overlaps_by_sweep(a: Region, b: Region, d: int, max_pairs: int = 1 << 22
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """overlaps() by an interval join on axis d alone, the candidates checked axis by axis
+    (dropping the misses after each, so most of the work is on the pairs that survive),
+    max_pairs at a time (for boxes of many distinct intervals, e.g. flat element ranges)."""
+    order = np.argsort(b.lo[:, d], kind="stable")
+    stop = np.searchsorted(b.lo[order, d], a.hi[:, d], side="left")
+    first = np.searchsorted(np.maximum.accumulate(b.hi[order, d]), a.lo[:, d], side="right")
+    counts = np.maximum(stop - first, 0)
+    cum = np.cumsum(counts)
+    rank = a.lo.shape[1]
+    axes = [x for x in range(rank) if x != d] + [d]
+    alo, ahi = [a.lo[:, x].copy() for x in range(rank)], [a.hi[:, x].copy() for x in range(rank)]
+    blo, bhi = [b.lo[:, x].copy() for x in range(rank)], [b.hi[:, x].copy() for x in range(rank)]
     ia, jb, vol = [], [], []
-    if len(a.lo) == 0 or len(b.lo) == 0:
-        z = np.zeros(0, dtype=np.int64)
-        return z, z.copy(), z.copy()
-    # Sort b by its first coordinate so each chunk of a only meets the b boxes that can overlap.
-    order = np.argsort(b.lo[:, 0], kind="stable")
-    blo, bhi = b.lo[order], b.hi[order]
-    bmax_hi0 = np.maximum.accumulate(bhi[:, 0])
-    for start in range(0, len(a.lo), chunk):
-        alo, ahi = a.lo[start:start + chunk], a.hi[start:start + chunk]
-        # b boxes with lo0 < max(a hi0) and running-max hi0 > min(a lo0) may overlap this chunk.
-        stop = np.searchsorted(blo[:, 0], ahi[:, 0].max(), side="left")
-        first = np.searchsorted(bmax_hi0, alo[:, 0].min(), side="right")
-        if stop <= first:
-            continue
-        lo = np.maximum(alo[:, None, :], blo[None, first:stop, :])
-        hi = np.minimum(ahi[:, None, :], bhi[None, first:stop, :])
-        v = np.prod(np.clip(hi - lo, 0, None), axis=2)
-        i, j = np.nonzero(v)
-        ia.append(i + start)
-        jb.append(order[j + first])
-        vol.append(v[i, j])
-    if not ia:
-        z = np.zeros(0, dtype=np.int64)
-        return z, z.copy(), z.copy()
+    start = 0
+    while start < len(counts):
+        base = int(cum[start - 1]) if start else 0
+        end = max(int(np.searchsorted(cum, base + max_pairs, side="right")), start + 1)
+        c = counts[start:end]
+        i = np.repeat(np.arange(start, end, dtype=np.int64), c)
+        j = order[np.repeat(first[start:end], c) + _ranges(c)]
+        for x in axes:
+            ok = (alo[x][i] < bhi[x][j]) & (blo[x][j] < ahi[x][i])
+            i, j = i[ok], j[ok]
+        v = np.ones(len(i), np.int64)
+        for x in range(rank):
+            v *= np.minimum(ahi[x][i], bhi[x][j]) - np.maximum(alo[x][i], blo[x][j])
+        m = v > 0                                       # (empty boxes pass the checks)
+        ia.append(i[m])
+        jb.append(j[m])
+        vol.append(v[m])
+        start = end
     return np.concatenate(ia), np.concatenate(jb), np.concatenate(vol)
 
 
-def build(plan) -> VizGraph:
-    """The vertex graph of `plan` (see the module docstring)."""
+def _candidates(alo, ahi, blo, bhi) -> int:
+    """How many candidate pairs an interval join of a's intervals with b's would check."""
+    order = np.argsort(blo, kind="stable")
+    stop = np.searchsorted(blo[order], ahi, side="left")
+    first = np.searchsorted(np.maximum.accumulate(bhi[order]), alo, side="right")
+    return int(np.maximum(stop - first, 0).sum())
+
+
+def overlaps(a: Region, b: Region) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs of overlapping boxes (i in a, j in b) with the overlap's element count, in
+    time and memory that follow the pairs found rather than len(a) * len(b): by key unless some
+    stage of it would check more candidates than the best single-axis sweep (at batch 1, a
+    sweep along the batch axis would compare every pair), else by that sweep."""
+    z = np.zeros(0, dtype=np.int64)
+    if len(a.lo) == 0 or len(b.lo) == 0:
+        return z, z.copy(), z.copy()
+    rank = a.lo.shape[1]
+    sweep = [_candidates(a.lo[:, d], a.hi[:, d], b.lo[:, d], b.hi[:, d]) for d in range(rank)]
+    ids, uniq = [], []
+    for d in range(rank):
+        u, inv = np.unique(np.stack([b.lo[:, d], b.hi[:, d]], 1), axis=0, return_inverse=True)
+        ids.append(inv.reshape(-1))
+        uniq.append(u)
+    found = _overlaps_by_key(a, b, ids, uniq, budget=min(sweep))
+    if found is not None:
+        return found
+    return _overlaps_by_sweep(a, b, int(np.argmin(sweep)))
+
+
+def sum_by_key(n: int, keys: Callable[[slice], np.ndarray], weights: np.ndarray,
+               chunk: int = 1 << 23) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unique keys, summed weights, counts) of the int64 keys(slice) of rows 0..n, `chunk`
+    rows at a time (-1 keys are left out): the memory of a chunk, not of all 70 M edges of a
+    training graph, whatever the number of rows."""
+    parts = []
+    for a in range(0, n, chunk):
+        sl = slice(a, min(n, a + chunk))
+        k = keys(sl)
+        m = k >= 0
+        u, inv = np.unique(k[m], return_inverse=True)
+        inv = inv.reshape(-1)
+        parts.append((u, np.bincount(inv, weights=np.asarray(weights[sl], np.float64)[m],
+                                     minlength=len(u)),
+                      np.bincount(inv, minlength=len(u)).astype(np.int64)))
+    if not parts:
+        z = np.zeros(0, np.int64)
+        return z, np.zeros(0), z.copy()
+    if len(parts) == 1:
+        return parts[0]
+    u, inv = np.unique(np.concatenate([p[0] for p in parts]), return_inverse=True)
+    inv = inv.reshape(-1)
+    return (u, np.bincount(inv, weights=np.concatenate([p[1] for p in parts]), minlength=len(u)),
+            np.bincount(inv, weights=np.concatenate([p[2] for p in parts]),
+                        minlength=len(u)).round().astype(np.int64))
+
+
+def rank_inputs(src: np.ndarray, dst: np.ndarray, nbytes: np.ndarray, tile: np.ndarray
+                ) -> np.ndarray:
+    """Rank of each edge among the input edges of its consumer: 0 for the heaviest; among equal
+    bytes the edge between nearer tiles, then the lower index, first. (build ranks one step's
+    edges at a time: every input edge of a vertex is made in the vertex's own step.)"""
+    if len(src) == 0:
+        return np.zeros(0, np.uint8)
+    near = np.abs(tile[src].astype(np.int64) - tile[dst])
+    order = np.lexsort((near, -nbytes, dst))
+    d = dst[order]
+    rank = np.empty(len(src), np.uint8)                 # saturates: only the first few matter
+    rank[order] = np.minimum(np.arange(len(order)) - np.searchsorted(d, d, side="left"), 255)
+    return rank
+
+
+def build(plan, progress: Callable[[str], None] | None = None,
+          every: float = 3.0) -> VizGraph:
+    """The vertex graph of `plan` (see the module docstring). `progress` gets a line about every
+    `every` seconds: the steps done, vertices and edges so far."""
+    say = progress or (lambda message: None)
+    last = time.perf_counter()
     graph = plan.graph
     target = plan.target
     cols = {k: [] for k in ("step", "tile", "codelet", "layer", "macs", "cycles", "bytes")}
@@ -98,6 +241,7 @@ def build(plan) -> VizGraph:
     tensor_index: dict[str, int] = {}
     edges = {k: [] for k in ("src", "dst", "bytes", "tensor")}
     count = 0
+    tile_of = None                            # every vertex's tile, once the count is known
 
     def add_vertices(step, tiles, codelet, layer, macs, cycles, nbytes) -> np.ndarray:
         nonlocal count
@@ -113,6 +257,8 @@ def build(plan) -> VizGraph:
         cols["cycles"].append(np.asarray(cycles, np.float64))
         cols["bytes"].append(np.asarray(nbytes, np.float64))
         ids = np.arange(count, count + n)
+        if tile_of is not None:
+            tile_of[count:count + n] = tiles
         count += n
         return ids
 
@@ -129,10 +275,10 @@ def build(plan) -> VizGraph:
         boxes, producer_ids = writers[t.name]
         i, j, vol = overlaps(need, boxes)
         if len(i):
-            edges["src"].append(producer_ids[boxes.vid[j]])
-            edges["dst"].append(consumer_ids[need.vid[i]])
+            edges["src"].append(producer_ids[boxes.vid[j]].astype(ids_dtype))
+            edges["dst"].append(consumer_ids[need.vid[i]].astype(ids_dtype))
             edges["bytes"].append(vol * t.itemsize)
-            edges["tensor"].append(np.full(len(i), tensor_index[t.name]))
+            edges["tensor"].append(np.full(len(i), tensor_index[t.name], np.int32))
 
     for name, mapping in plan.input_mappings.items():
         t = graph.inputs[name]
@@ -142,7 +288,19 @@ def build(plan) -> VizGraph:
         writers[name] = (Region(np.arange(len(vol)), mapping.lo, mapping.hi), ids)
         tensor_id(t, -1)
 
+    total = sum(len(m.tiles) for m in plan.input_mappings.values()) + sum(
+        len(s.vertices) + (0 if s.reduce_vertices is None else len(s.reduce_vertices))
+        for s in plan.steps)
+    ids_dtype = np.int32 if total < 2**31 else np.int64   # 70 M edges: 0.6 GB less per column
+    tile_of = np.zeros(total, np.int32)
+    tile_of[:count] = np.concatenate(cols["tile"]) if cols["tile"] else []
+    ranks = []                                # e_rank, step by step (see rank_inputs)
     for s in plan.steps:
+        first_part = len(edges["src"])
+        if time.perf_counter() - last > every:
+            last = time.perf_counter()
+            say(f"vertex graph: step {s.index}/{len(plan.steps)}, {count:,} vertices, "
+                f"{sum(map(len, edges['src'])):,} edges")
         group, anchor = s.group, s.group.anchor
         space = s.space
         table = s.vertices.astype(np.int64)
@@ -172,26 +330,33 @@ def build(plan) -> VizGraph:
                 + target.vertex_overhead_cycles
             rids = add_vertices(s.index, s.reduce_tiles, "reduce", layer, contributors * elems,
                                 rcyc, elems * 4.0)
-            edges["src"].append(ids[out_region.vid[i]])
-            edges["dst"].append(rids[j])
+            edges["src"].append(ids[out_region.vid[i]].astype(ids_dtype))
+            edges["dst"].append(rids[j].astype(ids_dtype))
             edges["bytes"].append(vol * 4)                  # fp32 partial sums
-            edges["tensor"].append(np.full(len(i), tensor_index[out_t.name]))
+            edges["tensor"].append(np.full(len(i), tensor_index[out_t.name], np.int32))
             connect_epilogue(rbox, rids)
             writers[out_t.name] = (rbox, rids)
         else:
             connect_epilogue(out_region, ids)
             writers[out_t.name] = (out_region, ids)
+        ranks.append(rank_inputs(*(np.concatenate(edges[k][first_part:]) if
+                                   len(edges[k]) > first_part else np.zeros(0, np.int64)
+                                   for k in ("src", "dst", "bytes")), tile_of))
 
     def cat(key, dtype):
         parts = cols[key]
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
+    top = max((int(b.max()) for b in edges["bytes"] if len(b)), default=0)
+    bytes_dtype = np.int32 if top < 2**31 else np.int64
+
     def ecat(key, dtype):
         parts = edges[key]
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
     return VizGraph(plan, cat("step", np.int32), cat("tile", np.int32), cat("codelet", np.int8),
                     cat("layer", np.int32), cat("macs", np.float64), cat("cycles", np.float64),
                     cat("bytes", np.float64), layers, [s.op for s in plan.steps],
-                    ecat("src", np.int64), ecat("dst", np.int64), ecat("bytes", np.int64),
-                    ecat("tensor", np.int32), tensors)
+                    ecat("src", ids_dtype), ecat("dst", ids_dtype), ecat("bytes", bytes_dtype),
+                    ecat("tensor", np.int32 if len(tensors) >= 2**15 else np.int16), tensors,
+                    np.concatenate(ranks) if ranks else np.zeros(0, np.uint8))

@@ -20,6 +20,10 @@ at both levels:
    UMAP keeps the coarse path and pulls each vertex next to those it exchanges most with: each
    step becomes a cluster and the exchange between consecutive steps shows as fans of edges.
 
+A graph of more than FINE_MAX_VERTICES vertices (a training step on a Mk2: 1.3 M vertices, 70 M
+edges) skips UMAP, which would need minutes: each super-node's vertices are spread over a
+sunflower disc around its coarse position, in tile order, at one density for all discs.
+
 Finally the positions are centred and turned (a rotation and a mirror) so that the long axis
 is horizontal and the first steps are on the left.
 
@@ -76,7 +80,7 @@ import random
 
 import numpy as np
 
-from .graphdata import VizGraph
+from .graphdata import VizGraph, sum_by_key
 
 MAX_GROUPS = 32                 # tile groups per step in the coarse graph
 IN_EDGES = 3                    # heaviest input edges kept per vertex for the fine layout
@@ -88,6 +92,9 @@ COARSE_ITERATIONS = 1000
 SPREAD = 30.0                   # half-width of the coarse layout, in UMAP's length units
 JITTER = 0.3                    # of a median coarse edge length
 MIN_DIST = 0.0                  # UMAP's min_dist
+FINE_MAX_VERTICES = 250_000     # above this, no UMAP: each super-node a disc of its vertices
+DISC = 0.45                     # disc radius of the largest super-node, in median edge lengths
+GOLDEN_ANGLE = np.pi * (3.0 - np.sqrt(5.0))
 
 
 def _igraph():
@@ -111,11 +118,11 @@ def tile_groups(vg: VizGraph, groups: int = MAX_GROUPS) -> tuple[np.ndarray, int
 
 def coarse_edges(sid: np.ndarray, n: int, src, dst, nbytes):
     """The edges between super-nodes (undirected, no self loops) with their summed bytes."""
-    a, b = sid[src], sid[dst]
-    m = a != b
-    lo, hi = np.minimum(a[m], b[m]), np.maximum(a[m], b[m])
-    key, inv = np.unique(lo.astype(np.int64) * n + hi, return_inverse=True)
-    w = np.bincount(inv.reshape(-1), weights=np.asarray(nbytes, np.float64)[m])
+    def keys(sl):
+        a, b = sid[src[sl]].astype(np.int64), sid[dst[sl]].astype(np.int64)
+        return np.where(a != b, np.minimum(a, b) * n + np.maximum(a, b), -1)
+
+    key, w, _ = sum_by_key(len(src), keys, nbytes)
     return key // n, key % n, w
 
 
@@ -125,15 +132,12 @@ def reduce_edges(vg: VizGraph, k: int = IN_EDGES) -> np.ndarray:
     src, dst, w = vg.e_src, vg.e_dst, vg.e_bytes
     if len(src) == 0:
         return np.zeros(0, np.int64)
+    from .draw import heaviest_inputs
     near = np.abs(vg.v_tile[src].astype(np.int64) - vg.v_tile[dst])
-
-    def top(group, count):
-        order = np.lexsort((near, -w, group))
-        g = group[order]
-        rank = np.arange(len(order)) - np.searchsorted(g, g, side="left")
-        return order[rank < count]
-
-    return np.union1d(top(dst, k), top(src, 1))
+    order = np.lexsort((near, -w, src))
+    g = src[order]
+    first = order[np.arange(len(order)) == np.searchsorted(g, g, side="left")]
+    return np.union1d(heaviest_inputs(vg, k), first)
 
 
 def epochs_for(num_edges: int, max_seconds: float) -> int:
@@ -176,6 +180,9 @@ def layout(vg: VizGraph, seed: int = 0, max_seconds: float = 20.0) -> np.ndarray
         init = coarse[sid] + rng.normal(size=(V, 2)) * max(elen, 1e-3) * JITTER
 
         # -- fine: UMAP seeded with the coarse placement ----------------------------------------
+        if V > FINE_MAX_VERTICES:
+            return orient(coarse[sid] + discs(sid, S, vg.v_tile, DISC * max(elen, 1e-3)),
+                          vg.v_step).astype(np.float32)
         keep = reduce_edges(vg)
         if len(keep) == 0:
             pos = init
@@ -191,6 +198,20 @@ def layout(vg: VizGraph, seed: int = 0, max_seconds: float = 20.0) -> np.ndarray
     if bad.any():                                   # never seen; keep the picture drawable
         pos[bad] = init[bad]
     return orient(pos, vg.v_step).astype(np.float32)
+
+
+def discs(sid: np.ndarray, S: int, tile: np.ndarray, radius: float) -> np.ndarray:
+    """Offsets [V, 2] that spread each super-node's vertices over a sunflower disc, in tile
+    order from the centre out, at one density: the largest super-node fills `radius`."""
+    order = np.lexsort((tile, sid))
+    s = sid[order]
+    k = np.arange(len(order)) - np.searchsorted(s, s, side="left")
+    top = max(int(np.bincount(sid, minlength=S).max()), 1)
+    r = radius * np.sqrt((k + 0.5) / top)
+    off = np.empty((len(sid), 2))
+    off[order, 0] = r * np.cos(k * GOLDEN_ANGLE)
+    off[order, 1] = r * np.sin(k * GOLDEN_ANGLE)
+    return off
 
 
 def orient(pos: np.ndarray, step: np.ndarray) -> np.ndarray:
