@@ -448,8 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--level", choices=("auto", "vertex", "op-tile", "op-tilegroup"),
                       default="auto", help="graph.gexf/.graphml/.dot: one node per vertex, per "
                       "(op, tile) or per (op, group of 32 tiles); auto picks by size")
-    dump.add_argument("--color", choices=("layer", "density"), default="layer",
-                      help="graph.png colour: the layer, or compute density")
+    dump.add_argument("--color", choices=("auto", "layer", "phase", "density"), default="auto",
+                      help="graph.png colour: the layer; the group with forward, backward and "
+                           "update in three tones (phase); compute density at quantiles; auto "
+                           "(default): phase for a training step, else layer")
     dump.add_argument("--frames", action="store_true",
                       help="also one picture per BSP step in DIR/frames/")
     dump.add_argument("--train", action="store_true",

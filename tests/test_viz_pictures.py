@@ -139,7 +139,7 @@ def test_draw_graph_host(host, tmp_path):
 
 def test_bad_color_and_positions(tiny, tmp_path):
     p, vg, pos = tiny
-    with pytest.raises(ValueError, match=r"'layer'.*'density'.*'heat'"):
+    with pytest.raises(ValueError, match=r"'layer'.*'phase'.*'density'.*'heat'"):
         draw.draw_graph(vg, pos, str(tmp_path / "x.png"), color="heat")
     with pytest.raises(ValueError, match="positions"):
         draw.draw_graph(vg, pos[:-1], str(tmp_path / "x.png"))
@@ -153,6 +153,72 @@ def test_palette_and_sizes():
     assert s[0] == 0.5 and s[-1] == 5.0 and np.all(np.diff(s) >= 0)
     assert s[2] == pytest.approx(0.5)                  # area ∝ cycles, floored
     assert draw.size_ceiling(60000) == draw.SIZE_MAX < draw.size_ceiling(600)
+
+
+# -- the training picture -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def training():
+    g = ig.models.resnet18(batch=2, image_size=32, num_classes=10, training=True)
+    ig.training.add_training(g)
+    p = ig.plan(g, ig.Target.ipu(tiles=64, bytes_per_tile=4 * 1024 * 1024))
+    vg = build(p)
+    return p, vg, layout.layout(vg, seed=0, max_seconds=FAST)
+
+
+def test_training_groups_and_phases(training):
+    from ipugraph.viz.graphdata import PHASES, layer_groups
+    p, vg, _ = training
+    names, group = layer_groups(vg)
+    assert names == ["stem", "layer1", "layer2", "layer3", "layer4", "head", "loss"]
+    phase = vg.v_phase
+    for k, ph in enumerate(PHASES):                  # a vertex's phase is its step's anchor's
+        steps = {s.index for s in p.steps if s.group.anchor.phase == ph}
+        assert steps and set(vg.v_step[phase == k].tolist()) <= steps | {-1}
+    # every group but the loss has all three phases; the loss has no weights to update
+    for i, name in enumerate(names):
+        have = set(phase[group == i].tolist())
+        assert have == ({0, 1} if name == "loss" else {0, 1, 2}), (name, have)
+    # a grad op joins its forward layer's group
+    grad = [li for li, n in enumerate(vg.layers) if n == "layer3.0.conv1"][0]
+    assert {names[g] for g in group[vg.v_layer == grad]} == {"layer3"}
+
+
+def test_phase_colours_tell_the_phases_apart(training, tmp_path):
+    p, vg, pos = training
+    rgba, key = draw.vertex_colors(vg, "phase")
+    pal = key["palette"]
+    assert pal.shape == (7, 3, 4)
+    hsv = np.array([[__import__("colorsys").rgb_to_hsv(*c[:3]) for c in row] for row in pal])
+    assert np.ptp(hsv[:, :, 0], axis=1).max() < 1e-6          # one hue per group
+    assert (np.diff(hsv[:, 0, 0]) > 0).all()                   # hues follow depth
+    assert (hsv[:, 0, 1] > hsv[:, 1, 1] + 0.3).all()           # backward paler than forward
+    assert (hsv[:, 2, 2] < hsv[:, 1, 2] - 0.3).all()           # update dimmer
+    assert np.array_equal(rgba, pal[key["group"], vg.v_phase])
+    png = tmp_path / "train.png"
+    draw.draw_graph(vg, pos, str(png), color="phase")
+    assert_not_blank(read_png(png), min_colours=40)
+
+
+def test_density_bands_hold_equal_shares(training):
+    _, vg, _ = training
+    d = draw.density(vg)
+    norm = draw.density_norm(d)
+    pos = d[d > 0]
+    bands = np.digitize(pos, norm.boundaries[1:-1])
+    n = len(norm.boundaries) - 1
+    assert n >= 6
+    for b in range(n):                  # a band holds its 1/20 plus at most one tied value's
+        inside = pos[bands == b]
+        if not len(inside):
+            continue
+        ties = np.unique(inside, return_counts=True)[1].max() / len(pos)
+        assert len(inside) / len(pos) <= 1 / 20 + ties + 0.01, (b, len(inside), ties)
+
+
+def test_dump_colours_a_training_step_by_phase(training, tmp_path):
+    p, _, _ = training
+    manifest = ig.viz.dump(p, str(tmp_path))
+    assert manifest["color"] == "phase"
 
 
 # -- tiles ---------------------------------------------------------------------------------------

@@ -36,9 +36,9 @@ import os
 
 import numpy as np
 
-from .graphdata import VizGraph
+from .graphdata import PHASES, VizGraph, layer_groups
 
-COLORS = ("layer", "density")
+COLORS = ("layer", "phase", "density")
 BACKGROUND = "#07080d"
 FOREGROUND = "#e6e8ef"
 MUTED = "#9aa0b4"
@@ -74,6 +74,21 @@ def layer_colors(n: int) -> np.ndarray:
         h = 0.83 * i / max(n - 1, 1)
         s, v = (0.78, 1.0) if i % 2 == 0 else (0.45, 0.92)
         out[i, :3] = colorsys.hsv_to_rgb(h, s, v)
+    return out
+
+
+# (saturation, value) of each phase's tone of a group's hue: forward vivid, backward pastel,
+# update a dim tint -- told apart at a glance on the dark background
+PHASE_TONES = {"forward": (0.85, 1.0), "backward": (0.32, 1.0), "update": (0.22, 0.55)}
+
+
+def group_colors(n: int) -> np.ndarray:
+    """[n, 3, 4] RGBA: group i's hue (red ... magenta by execution order) in each phase's tone."""
+    out = np.ones((max(n, 0), len(PHASES), 4))
+    for i in range(n):
+        h = 0.83 * i / max(n - 1, 1)
+        for k, ph in enumerate(PHASES):
+            out[i, k, :3] = colorsys.hsv_to_rgb(h, *PHASE_TONES[ph])
     return out
 
 
@@ -123,21 +138,39 @@ def check_color(color: str) -> None:
                          f"got {color!r}")
 
 
+def density_norm(dens: np.ndarray):
+    """A quantile scale for compute density: equal shares of the vertices get equal shares of
+    the colour map (on a log scale most of a network sits between 2 and 5 MACs per byte, one
+    colour), with the value at each quantile kept for the colour bar."""
+    import matplotlib
+    pos = np.sort(dens[dens > 0])
+    if pos.size < 2 or pos[0] == pos[-1]:
+        lo = float(pos[0]) if pos.size else 1.0
+        return matplotlib.colors.LogNorm(vmin=lo, vmax=lo * 10.0)
+    q = np.linspace(0.0, 1.0, 21)
+    edges = np.unique(np.quantile(pos, q))
+    if len(edges) < 3:
+        return matplotlib.colors.LogNorm(vmin=float(pos[0]), vmax=float(pos[-1]))
+    return matplotlib.colors.BoundaryNorm(edges, 256, extend="neither")
+
+
 def vertex_colors(vg: VizGraph, color: str):
-    """RGBA [V, 4] per vertex, plus what the key needs (layer colours or the density norm)."""
+    """RGBA [V, 4] per vertex, plus what the key needs (layer colours, the group x phase
+    palette, or the density norm)."""
     matplotlib, _ = _mpl()
     check_color(color)
     if color == "layer":
         pal = layer_colors(len(vg.layers))
         return pal[vg.v_layer], {"palette": pal}
+    if color == "phase":
+        names, group = layer_groups(vg)
+        pal = group_colors(len(names))
+        return pal[group, vg.v_phase], {"groups": names, "group": group, "palette": pal}
     dens = density(vg)
-    pos = dens[dens > 0]
-    lo, hi = (float(pos.min()), float(pos.max())) if pos.size else (1.0, 10.0)
-    if hi <= lo:
-        hi = lo * 10.0
-    norm = matplotlib.colors.LogNorm(vmin=lo, vmax=hi)
+    norm = density_norm(dens)
     cmap = matplotlib.colors.LinearSegmentedColormap.from_list(
         "density", matplotlib.colormaps["plasma"](np.linspace(0.12, 1.0, 256)))
+    lo = float(norm.boundaries[0]) if hasattr(norm, "boundaries") else norm.vmin
     rgba = cmap(norm(np.maximum(dens, lo)))
     rgba[dens <= 0] = NO_WORK
     return rgba, {"norm": norm, "cmap": cmap}
@@ -335,18 +368,51 @@ def _legend(lax, vg: VizGraph, color: str, key: dict, top_cycles: float, smax: f
             lax.text(0.06, y - rows * dy, f"(every {shown[1] - shown[0]}th of {n} layers named)",
                      fontsize=9, color=MUTED, va="center", transform=lax.transAxes)
         y -= rows * dy + 0.03
+    elif color == "phase":
+        lax.text(0.05, y, "colour: group (hue) × phase (tone)", fontweight="bold", **txt)
+        y -= 0.035
+        names, group, pal = key["groups"], key["group"], key["palette"]
+        phase = vg.v_phase
+        counts = np.zeros((len(names), len(PHASES)), np.int64)
+        np.add.at(counts, (group, phase), 1)
+        for k, ph in enumerate(PHASES):
+            lax.text(0.50 + 0.16 * k, y, {"forward": "fwd", "backward": "bwd"}.get(ph, "upd"),
+                     fontsize=9,
+                     color=MUTED, va="center", ha="center", transform=lax.transAxes)
+        y -= 0.028
+        dy = min(0.03, 0.5 / max(len(names), 1))
+        for i, name in enumerate(names):
+            cy = y - i * dy
+            lax.text(0.06, cy, name if len(name) <= 18 else name[:17] + "…", fontsize=10,
+                     color=FOREGROUND, va="center", transform=lax.transAxes)
+            for k in range(len(PHASES)):
+                if counts[i, k]:
+                    lax.scatter([0.50 + 0.16 * k], [cy], s=70, color=pal[i, k],
+                                transform=lax.transAxes, clip_on=False)
+        y -= len(names) * dy + 0.005
+        lax.text(0.06, y, "vertices: " + ", ".join(
+            f"{ph} {int(counts[:, k].sum()):,}" for k, ph in enumerate(PHASES)),
+            fontsize=8.5, color=MUTED, va="center", transform=lax.transAxes)
+        y -= 0.04
     else:
         lax.text(0.05, y, "colour: compute density", fontweight="bold", **txt)
         lax.text(0.05, y - 0.03, "MACs (element ops off the AMP) per byte the vertex\n"
-                 "touches (inputs + weights + outputs), log scale", fontsize=9.5, color=MUTED,
+                 "touches (inputs + weights + outputs); colours at\n"
+                 "quantiles: each band holds 1/20 of the vertices", fontsize=9.5, color=MUTED,
                  va="top", transform=lax.transAxes)
         import matplotlib as mpl
         cax = fig.add_axes(_inset(lax, 0.07, y - 0.42, 0.1, 0.33))
         cb = fig.colorbar(mpl.cm.ScalarMappable(norm=key["norm"], cmap=key["cmap"]), cax=cax)
-        lo, hi = key["norm"].vmin, key["norm"].vmax
-        ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500,
-                             1000) if lo <= t <= hi] or [lo, hi]
-        cb.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
+        norm = key["norm"]
+        if hasattr(norm, "boundaries"):             # quantile bands: label every 4th edge
+            b = norm.boundaries
+            ticks = list(b[::4]) + ([b[-1]] if (len(b) - 1) % 4 else [])
+            cb.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
+        else:
+            lo, hi = norm.vmin, norm.vmax
+            ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100,
+                                 200, 500, 1000) if lo <= t <= hi] or [lo, hi]
+            cb.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
         cb.ax.minorticks_off()
         cb.ax.tick_params(which="both", colors=FOREGROUND, labelsize=9)
         cb.outline.set_edgecolor(MUTED)
@@ -371,12 +437,16 @@ def _legend(lax, vg: VizGraph, color: str, key: dict, top_cycles: float, smax: f
              f"{smin:.2g} to {smax:.3g} pt²)", fontsize=8.5, color=MUTED, va="center",
              transform=lax.transAxes)
     y -= 0.05
+    what = (("· hue = group (stem, layer1 …, head, loss), tone",
+             "  = phase: vivid forward, pastel backward (ig.grad),",
+             "  dim update (the optimizer); names at the centres") if color == "phase" else
+            ("· each BSP step is a cluster, a layer (one colour)",
+             "  is its steps; depth runs along the path from the",
+             "  first layer to the last (names at layer centres)"))
     notes = ("How to read it",
              "· one point per vertex: one op's slice on one tile;",
              "  vertices that exchange many bytes sit close",
-             "· each BSP step is a cluster, a layer (one colour)",
-             "  is its steps; depth runs along the path from the",
-             "  first layer to the last (names at layer centres)",
+             *what,
              "· lines run producer → consumer; fans between",
              "  clusters = a layer's output exchanged across",
              "  tiles to the next layer",
@@ -387,24 +457,30 @@ def _legend(lax, vg: VizGraph, color: str, key: dict, top_cycles: float, smax: f
                  transform=lax.transAxes)
 
 
-def label_layers(ax, vg: VizGraph, positions, fontsize: float = 10.0, min_vertices: int = 1):
-    """Name each layer on the picture at its medoid (the layer's vertex nearest the median of
-    its positions), or next to it where that would overlap a label already placed (bigger
-    layers first); a label with no free spot is left to the key."""
+def label_layers(ax, vg: VizGraph, positions, fontsize: float = 10.0, min_vertices: int = 1,
+                 names=None, index=None):
+    """Name each layer (or, given `names` and the per-vertex `index` into them, each of those
+    groups) on the picture at its medoid (the member vertex nearest the median of their
+    positions), or next to it where that would overlap a label already placed (bigger ones
+    first); a label with no free spot is left to the key."""
     import matplotlib.patheffects as pe
     fig = ax.figure
     to_px = ax.transData.transform                  # limits are fixed: no draw needed
-    counts = np.bincount(vg.v_layer, minlength=len(vg.layers))
+    if names is None:
+        names, index = vg.layers, vg.v_layer
+    counts = np.bincount(index, minlength=len(names))
+    order = np.argsort(index, kind="stable")
+    starts = np.r_[0, np.cumsum(counts)]
     placed = []
     px_per_pt = fig.dpi / 72.0
     for i in np.argsort(-counts, kind="stable"):
-        if counts[i] < min_vertices:
+        if counts[i] < max(min_vertices, 1):
             continue
-        members = np.flatnonzero(vg.v_layer == i)
+        members = order[starts[i]:starts[i + 1]]
         med = np.median(positions[members], axis=0)
         j = members[np.argmin(((positions[members] - med) ** 2).sum(axis=1))]
         x, y = to_px(positions[j][None, :])[0]
-        name = vg.layers[i]
+        name = names[i]
         w = 0.62 * fontsize * px_per_pt * len(name) + 6
         h = 1.5 * fontsize * px_per_pt
         # At the medoid, else just above, below, right or left of it, or further up or down.
@@ -421,6 +497,13 @@ def label_layers(ax, vg: VizGraph, positions, fontsize: float = 10.0, min_vertic
         ax.text(tx, ty, name, fontsize=fontsize, color="white",
                 ha="center", va="center", zorder=5, alpha=0.92, fontweight="bold",
                 path_effects=[pe.withStroke(linewidth=2.6, foreground=BACKGROUND)])
+
+
+def phase_labels(vg: VizGraph, key: dict) -> tuple[list[str], np.ndarray]:
+    """Label names "layer3 · backward" and the per-vertex index into them (group x phase)."""
+    names, group = key["groups"], key["group"]
+    index = group * len(PHASES) + vg.v_phase
+    return [f"{g} · {ph}" for g in names for ph in PHASES], index
 
 
 def _inset(lax, x, y, w, h):
@@ -449,7 +532,8 @@ def title_text(vg: VizGraph, title: str | None, color: str) -> str:
     if title:
         return title
     plan = vg.plan
-    what = "coloured by layer" if color == "layer" else "coloured by compute density"
+    what = {"layer": "coloured by layer", "density": "coloured by compute density",
+            "phase": "forward, backward and update coloured by group"}[color]
     return (f"{plan.graph.name} on {plan.target.name}, batch {plan.batch()}: every vertex of "
             f"the planned compute graph, {what}")
 
@@ -494,7 +578,12 @@ def draw_graph(vg: VizGraph, positions, png_path, svg_path=None, color: str = "l
             draw_edges_vector(ax, pos, vg, idx, colors,
                               alpha=min(1.4 * edge_alpha(len(idx)), 0.5))
             draw_points_vector(ax, pos, vg, colors, sizes)
-        label_layers(ax, vg, pos)
+        if color == "phase":
+            names, index = phase_labels(vg, key)
+            label_layers(ax, vg, pos, fontsize=10.5, min_vertices=vg.num_vertices // 400,
+                         names=names, index=index)
+        else:
+            label_layers(ax, vg, pos)
         _legend(lax, vg, color, key, top, smax, smin)
         H = fig.get_figheight() * DPI
         fig.text(0.012, 1 - 0.5 * head / H, title_text(vg, title, color), color=FOREGROUND,

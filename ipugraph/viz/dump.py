@@ -15,11 +15,11 @@ from typing import Callable
 
 from .graphdata import build
 
-COLORS = ("layer", "density")
+COLORS = ("auto", "layer", "phase", "density")
 LEVELS = ("auto", "vertex", "op-tile", "op-tilegroup")
 
 
-def dump(plan, out_dir: str, *, level: str = "auto", color: str = "layer",
+def dump(plan, out_dir: str, *, level: str = "auto", color: str = "auto",
          frames: bool = False, seed: int = 0,
          progress: Callable[[str], None] | None = None) -> dict:
     """Write the dump of `plan` into `out_dir` (created if needed); returns the manifest."""
@@ -47,6 +47,8 @@ def dump(plan, out_dir: str, *, level: str = "auto", color: str = "layer",
     path = lambda name: os.path.join(out_dir, name)          # noqa: E731
     vg = timed("vertex graph", lambda: build(plan, progress=say))
     say(f"{vg.num_vertices:,} vertices, {vg.num_edges:,} edges")
+    if color == "auto":     # a training step: forward, backward and update told apart
+        color = "phase" if any(p != "forward" for p in vg.step_phases) else "layer"
     timed("graph.json", lambda: schema.write_graph_json(vg, path("graph.json")),
           path("graph.json"), path("graph.vertices.parquet"), path("graph.edges.parquet"))
     level = exports.resolve_level(vg, level)             # once, not in each of the writers

@@ -13,6 +13,7 @@ so every number in a picture can be traced back to `ipugraph plan`.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -22,6 +23,12 @@ import numpy as np
 from ..space import Region, broadcast_region
 
 CODELETS = ("input", "worker", "supervisor", "reduce")
+PHASES = ("forward", "backward", "update")      # Node.phase: ig.grad's and ig.optim's ops
+# Layer name prefixes -> the coarse group a picture names (ResNet's; others keep their first
+# dotted component)
+STEM = ("conv1", "bn1", "relu", "maxpool", "input")
+HEAD = ("avgpool", "flatten", "fc", "logits")
+_UNSCOPED = re.compile(r"^[a-z_]+(_\d+)?$")      # a fresh node name: reshape_178, select
 
 
 @dataclass
@@ -47,6 +54,14 @@ class VizGraph:
     # then lower edge index; 255 for the 255th and beyond); None when not computed
     e_rank: np.ndarray | None = None
     cache: dict = field(default_factory=dict, repr=False, compare=False)   # derived tables
+    step_phases: list[str] = field(default_factory=list)    # per step: one of PHASES
+
+    @property
+    def v_phase(self) -> np.ndarray:
+        """Index into PHASES of every vertex (graph inputs: forward)."""
+        table = np.array([PHASES.index(p) for p in self.step_phases] + [0], np.int8)
+        return table[self.v_step] if len(self.step_phases) else np.zeros(len(self.v_step),
+                                                                          np.int8)
 
     @property
     def num_vertices(self) -> int:
@@ -181,6 +196,40 @@ def overlaps(a: Region, b: Region) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if found is not None:
         return found
     return _overlaps_by_sweep(a, b, int(np.argmin(sweep)))
+
+
+def group_of(layer: str) -> str:
+    """The coarse group of a layer name: stem, layer1 ... layerN, head, loss, or the name's first
+    dotted component."""
+    first = layer.split(".", 1)[0]
+    if first.startswith("input") or first in STEM:
+        return "stem"
+    if first in HEAD:
+        return "head"
+    if first in ("loss", "labels") or first.startswith("cross_entropy"):
+        return "loss"
+    return first
+
+
+def layer_groups(vg: "VizGraph") -> tuple[list[str], np.ndarray]:
+    """Group names in order of first use and the group index of every vertex. A layer with no
+    scope of its own (an op that ig.grad or a builder added unnamed, e.g. reshape_178) joins the
+    group of the layer that ran before it."""
+    first = np.full(len(vg.layers), len(vg.v_step), np.int64)
+    np.minimum.at(first, vg.v_layer, np.arange(len(vg.v_step)))
+    names: list[str] = []
+    of_layer = np.zeros(len(vg.layers), np.int64)
+    prev = None
+    for li in np.argsort(first, kind="stable"):
+        name = vg.layers[li]
+        known = name.split(".", 1)[0] in STEM + HEAD + ("loss",) or name.startswith("input")
+        g = prev if _UNSCOPED.match(name) and not known and prev is not None \
+            else group_of(name)
+        if g not in names:
+            names.append(g)
+        of_layer[li] = names.index(g)
+        prev = g
+    return names, of_layer[vg.v_layer]
 
 
 def sum_by_key(n: int, keys: Callable[[slice], np.ndarray], weights: np.ndarray,
@@ -359,4 +408,5 @@ def build(plan, progress: Callable[[str], None] | None = None,
                     cat("bytes", np.float64), layers, [s.op for s in plan.steps],
                     ecat("src", ids_dtype), ecat("dst", ids_dtype), ecat("bytes", bytes_dtype),
                     ecat("tensor", np.int32 if len(tensors) >= 2**15 else np.int16), tensors,
-                    np.concatenate(ranks) if ranks else np.zeros(0, np.uint8))
+                    np.concatenate(ranks) if ranks else np.zeros(0, np.uint8),
+                    step_phases=[s.group.anchor.phase for s in plan.steps])
