@@ -14,11 +14,11 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # Heavier subpackages load on first use so `import ipugraph` stays quick.
     import importlib
-    if name in ("models", "interop", "viz", "backends", "training", "datasets"):
+    if name in ("models", "interop", "viz", "backends", "training", "datasets", "record"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'ipugraph' has no attribute '{name}'")
 
 
 __all__ = ["init", "ops", "optim", "grad", "Engine", "FeedError", "compile", "DTYPES", "Graph", "GraphError",
            "Node", "Tensor", "Program", "lower", "Plan", "PlanError", "plan", "Target",
-           "models", "interop", "viz", "backends", "training", "datasets"]
+           "models", "interop", "viz", "backends", "training", "datasets", "record"]

@@ -424,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=float, default=5e-4)
     train.add_argument("--threads", type=positive_int, default=None)
     train.add_argument("--seed", type=nonnegative_int, default=0)
+    train.add_argument("--record", metavar="DIR", default=None,
+                       help="record activation, gradient and update statistics into DIR "
+                            "(stats.parquet, meta.json), computed in the step itself")
+    train.add_argument("--record-every", type=positive_int, default=10, metavar="K",
+                       help="record every K-th step, the first included (default 10)")
     train.set_defaults(func=cmd_train)
 
     plan = sub.add_parser("plan", help="print a model's tile plan for a target")

@@ -39,32 +39,60 @@ def cmd_train(cli, args) -> int:
     side = args.image_size
     cli.progress(f"building {args.model} training step (batch {args.batch}, {size}, "
                  f"{args.classes} classes, {args.optimizer})")
-    g, _ = training_graph(cli, args, target, args.optimizer)
+    g, train_step = training_graph(cli, args, target, args.optimizer)
     cli.progress(f"planning {len(g.nodes)} ops for {target.name}, compiling on '{args.backend}'")
     t0 = time.perf_counter()
     engine = ig_compile(g, backend=args.backend, plan=plan(g, target))
     cli.progress(f"compiled in {time.perf_counter() - t0:.1f} s")
+    rec = None
+    if args.record:
+        from . import record
+        t0 = time.perf_counter()
+        stats = record.add_statistics(g, train_step)
+        meta = {k: getattr(args, k) for k in ("model", "batch", "image_size", "classes",
+                                              "dataset", "optimizer", "lr", "momentum",
+                                              "weight_decay", "seed", "steps", "target",
+                                              "backend")}
+        rec = record.Recorder(args.record, g, stats, every=args.record_every, plain=engine,
+                              meta=meta, backend=args.backend, target=target)
+        cli.progress(f"recording {len(stats)} statistics every {args.record_every} steps "
+                     f"into {args.record} (second engine compiled in "
+                     f"{time.perf_counter() - t0:.1f} s)")
     images, labels = DATASETS[args.dataset](args.steps * args.batch, side, args.classes,
                                             seed=args.seed)
     lr = np.float32(args.lr)
     start = time.perf_counter()
-    losses = []
+    losses, rec_times, plain_times = [], [], []
     for step in range(args.steps):
         sl = slice(step * args.batch, (step + 1) * args.batch)
         t = time.perf_counter()
-        loss = float(engine.run({"x": images[sl], "labels": labels[sl], "lr": lr})["loss"])
+        feeds = {"x": images[sl], "labels": labels[sl], "lr": lr}
+        loss = float((rec.run(step, feeds) if rec else engine.run(feeds))["loss"])
+        took = time.perf_counter() - t
+        (rec_times if rec and rec.records(step) else plain_times).append(took)
         losses.append(loss)
         done = step + 1
         eta = (time.perf_counter() - start) / done * (args.steps - done)
         bar = "#" * (20 * done // args.steps)
         print(f"step {done:4d}/{args.steps} [{bar:<20}] loss {loss:.4f}  "
-              f"{(time.perf_counter() - t) * 1e3:7.1f} ms  eta {eta:5.1f} s", flush=True)
+              f"{took * 1e3:7.1f} ms  eta {eta:5.1f} s", flush=True)
     total = time.perf_counter() - start
     k = max(1, min(5, len(losses) // 2))
     print(f"{args.model} on {args.dataset} ({args.classes} classes, {size}), batch "
           f"{args.batch}: loss {np.mean(losses[:k]):.4f} (first {k}) -> "
           f"{np.mean(losses[-k:]):.4f} (last {k}) in {args.steps} steps, {total:.1f} s "
           f"({args.steps * args.batch / total:.1f} img/s)")
+    if rec:
+        rec.close()
+        line = f"recorded {len(rec.recorded)} of {args.steps} steps into {args.record}"
+        if len(plain_times) >= 2 and len(rec_times) >= 2:
+            # medians, the first step of each engine left out (it packs the weights)
+            p_ms = float(np.median(plain_times[1:])) * 1e3
+            r_ms = float(np.median(rec_times[1:])) * 1e3
+            extra = (r_ms - p_ms) * len(rec_times) / (p_ms * args.steps)
+            line += (f": a recorded step {r_ms:.1f} ms, a plain one {p_ms:.1f} ms, so "
+                     f"recording adds {extra:+.1%} to the training time")
+        print(line)
     return 0
 
 

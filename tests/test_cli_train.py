@@ -2,6 +2,8 @@
 (tiny models and images so the suite stays quick; the figures come from bench/results/)."""
 import json
 
+import numpy as np
+
 import pytest
 
 import ipugraph.cli as cli
@@ -15,6 +17,30 @@ def test_train_prints_the_loss_of_every_step(capsys):
     assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
     assert all("loss" in line for line in lines)
     assert "resnet18 on synthetic (3 classes, 32x32), batch 4" in out
+
+
+def test_train_records_statistics(tmp_path, capsys):
+    """--record: the same losses as without it (the statistics only read the step), files a
+    recording loader reads, and the measured cost printed."""
+    import ipugraph as ig
+    args = ["train", "resnet18", "--batch", "4", "--image-size", "32", "--steps", "5",
+            "--classes", "3"]
+    assert cli.main(args) == 0
+    plain = [ln.split("loss ")[1].split()[0] for ln in capsys.readouterr().out.splitlines()
+             if ln.startswith("step ")]
+    assert cli.main(args + ["--record", str(tmp_path / "r"), "--record-every", "2"]) == 0
+    out = capsys.readouterr().out
+    recorded = [ln.split("loss ")[1].split()[0] for ln in out.splitlines()
+                if ln.startswith("step ")]
+    assert recorded == plain
+    assert "recorded 3 of 5 steps" in out and "recording adds" in out
+    d = ig.record.load(tmp_path / "r")
+    assert d["steps"] == [0, 2, 4] and d["meta"]["model"] == "resnet18"
+    assert d["values"]["act_zero"].shape == (3, 17)
+    assert np.isfinite(d["values"]["grad_norm"]).all()
+    with pytest.raises(SystemExit) as bad:                 # argparse: usage error, exit 2
+        cli.main(args + ["--record", str(tmp_path / "r"), "--record-every", "0"])
+    assert bad.value.code == 2
 
 
 def test_train_rejects_non_square_images(capsys):

@@ -146,6 +146,11 @@ class Executable:
     def __init__(self, program):
         self.program = program
         self.graph = program.graph
+        # What this executable was lowered for: outputs or updates added to the graph later
+        # belong to the engines compiled after them (ipugraph.record compiles a second engine
+        # with extra outputs on the same graph and variables).
+        self.outputs = dict(self.graph.outputs)
+        self.updates = dict(self.graph.updates)
         self._storage: dict = {}
         self._loaded: dict[str, int] = {}          # variable / constant -> version in storage
         self._packed: dict[int, dict] = {}         # kernel index -> {tensor: version packed}
@@ -223,7 +228,7 @@ class Executable:
                     cs = self.program.compute_sets[idx]
                     prof.kernels.append((k.name, cs.op, cs.phase, clock() - start))
         t3 = clock()
-        out = {name: self.fetch(t) for name, t in self.graph.outputs.items()}
+        out = {name: self.fetch(t) for name, t in self.outputs.items()}
         t4 = clock()
         self._apply_updates()
         t5 = clock()
@@ -248,7 +253,7 @@ class Executable:
 
     def _apply_updates(self) -> None:
         graph = self.graph
-        for var_name, value in graph.updates.items():
+        for var_name, value in self.updates.items():
             var = graph.variables[var_name]
             dst = self.storage(var)
             if value.name not in self.program.inplace:

@@ -18,6 +18,8 @@ class ReferenceExecutable:
         self.program = program
         self.graph = program.graph
         self.precision = np.dtype(precision)
+        self.outputs = dict(self.graph.outputs)       # as lowered (see Executable)
+        self.updates = dict(self.graph.updates)
         self._env: dict = {}
         self._held: dict = {}                 # variable -> (version, value) this run wrote
 
@@ -40,8 +42,8 @@ class ReferenceExecutable:
                     for t, value in zip(node.outputs, results):
                         env[t.name] = value
             self._env = env
-            out = {name: self.read(t) for name, t in graph.outputs.items()}
-            for name, t in graph.updates.items():
+            out = {name: self.read(t) for name, t in self.outputs.items()}
+            for name, t in self.updates.items():
                 var = graph.variables[name]
                 value = self.read(t)
                 var.updated_by(self)

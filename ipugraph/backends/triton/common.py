@@ -225,7 +225,7 @@ class TritonExecutable(Executable):
             if as_torch:
                 return {name: to_logical(t, self.storage(t)).clone(
                     memory_format=torch.contiguous_format)
-                    for name, t in self.graph.outputs.items()}
+                    for name, t in self.outputs.items()}
             return out
 
     def _run_graph(self, feeds):
@@ -246,7 +246,7 @@ class TritonExecutable(Executable):
                 self.launch()
             self._graph = graph
         self._graph.replay()
-        out = {name: self.fetch(t) for name, t in self.graph.outputs.items()}
+        out = {name: self.fetch(t) for name, t in self.outputs.items()}
         self._apply_updates()
         return out
 
