@@ -199,6 +199,26 @@ def cmd_dump(args) -> int:
     return 0
 
 
+def cmd_animate(args) -> int:
+    from .target import Target
+    from .viz.animate import animate
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"animate: --out {args.out} exists and is not a folder")
+    try:
+        manifest = animate(args.recording, args.out, target=Target.from_name(args.target),
+                           fps=args.fps, progress=progress)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(f"{len(manifest['steps'])} frames of {manifest['vertices']:,} vertices "
+          f"({manifest['drawn']:,} drawn) -> {args.out}")
+    for label, secs in manifest["seconds"].items():
+        print(f"  {label:<36} {secs:7.2f} s")
+    for key in ("mp4", "gif", "html", "small_multiples"):
+        path = os.path.join(args.out, manifest["files"][key])
+        print(f"  {manifest['files'][key]:<28} {os.path.getsize(path) / 2**20:8.2f} MiB")
+    return 0
+
+
 # -- bench ------------------------------------------------------------------------------------
 
 def apply_threads(requested: int | None, backend: str) -> int:
@@ -462,6 +482,16 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--train", action="store_true",
                       help="dump the training step's graph (forward, backward, SGD update)")
     dump.set_defaults(func=cmd_dump)
+
+    anim = sub.add_parser("animate", help="paint a recorded training run (train --record) on "
+                          "the training step's tile-placement graph: MP4, GIF, HTML with a "
+                          "step slider, small multiples of every statistic")
+    anim.add_argument("recording", metavar="DIR", help="a folder written by train --record")
+    anim.add_argument("--out", required=True, metavar="OUT")
+    anim.add_argument("--target", choices=("ipu-mk1", "ipu-mk2"), default="ipu-mk2",
+                      help="the IPU whose plan gives the layout (default ipu-mk2)")
+    anim.add_argument("--fps", type=float, default=4.0, help="frames per second (default 4)")
+    anim.set_defaults(func=cmd_animate)
 
     info = sub.add_parser("info", help="version, C++ extension, threads, targets, ops, backends")
     info.set_defaults(func=cmd_info)
