@@ -33,6 +33,18 @@ import numpy as np
 from .graphdata import CODELETS, VizGraph
 
 MAX_EDGES = 20000          # heaviest edges drawn in the view
+_READING = """<section id="reading"><h2>What does it mean?</h2><ul>
+<li><b>A point</b> is a vertex: one slice of one op's work (say output channels 64-79, rows
+0-6 of a conv) on one tile in one BSP step. Hover it for its step, tile, layer, codelet, MACs,
+cycles and bytes.</li>
+<li><b>Its size</b> is its estimated cycles; <b>its place</b> comes from the bytes it exchanges:
+vertices that trade data sit together, so a cluster is usually one BSP step.</li>
+<li><b>An edge</b> joins the vertex that wrote some elements to one that reads them; between
+different tiles those bytes cross the exchange. The view draws the heaviest edges.</li>
+<li><b>Colour</b> is the layer here; graph.png can colour by phase (forward, backward,
+update) or compute density. The plan table below gives each step's compute, exchange, sync
+and reduction cycles, the figures the sizes and colours come from.</li>
+</ul></section>"""
 
 
 def layer_colours(n: int) -> list[str]:
@@ -668,6 +680,7 @@ highlight it</span></div>
 <body>
 {_header_html(plan, info, vg, title)}
 {viewer}
+{_READING}
 {_picture_html(pictures)}
 {_summary_html(info, step_layer)}
 <script id="ipugraph-data" type="application/json">{blob}</script>
