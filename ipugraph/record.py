@@ -57,14 +57,17 @@ def _norm(x):
 def add_statistics(g: Graph, step) -> list[Stat]:
     """Append the statistics of the module docstring to `g` (a graph with a training step
     `step` from ig.training.add_training) as graph outputs; returns what was added, in order."""
-    if PREFIX + "loss" in g.outputs or any(n.startswith(PREFIX) for n in g.outputs):
+    if any(n.startswith(PREFIX) for n in g.outputs):
         raise GraphError(f"add_statistics: graph '{g.name}' already records statistics")
     stats: list[Stat] = []
 
-    def out(kind, subject, layer, t):
+    def out(kind, subject, layer, t, den=None):
         name = f"{PREFIX}{kind}:{subject}"
         g.output(name, t)
-        stats.append(Stat(kind, subject, layer, name))
+        if den is not None:
+            g.output(f"{PREFIX}{kind}.denominator:{subject}", den)
+        stats.append(Stat(kind, subject, layer, name,
+                          None if den is None else f"{PREFIX}{kind}.denominator:{subject}"))
 
     relus = [n for n in list(g.nodes) if n.op.name == "relu" and n.phase == "forward"]
     for node in relus:
@@ -82,10 +85,7 @@ def add_statistics(g: Graph, step) -> list[Stat]:
         out("grad_norm", name, layer, _norm(grad))
         new = g.updates.get(name)
         if new is not None:
-            out("update_ratio", name, layer, _norm(ops.sub(new, w)))
-            den = f"{PREFIX}weight_norm:{name}"
-            g.output(den, _norm(w))
-            stats[-1] = Stat("update_ratio", name, layer, stats[-1].output, den)
+            out("update_ratio", name, layer, _norm(ops.sub(new, w)), den=_norm(w))
     return stats
 
 

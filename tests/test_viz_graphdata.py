@@ -44,7 +44,8 @@ def test_overlaps_match_brute_force(grid):
         assert len(got[0]) == len(expect)                  # no pair twice
         if len(a.lo) and len(b.lo):
             for d in range(rank):                          # the sweep on any axis, tiny chunks
-                sw = gd._overlaps_by_sweep(a, b, d, max_pairs=int(rng.integers(1, 30)))
+                w = gd._window(a.lo[:, d], a.hi[:, d], b.lo[:, d], b.hi[:, d])
+                sw = gd._overlaps_by_sweep(a, b, d, w, max_pairs=int(rng.integers(1, 30)))
                 assert set(zip(*(x.tolist() for x in sw))) == expect
             ids, uniq = [], []
             for d in range(rank):

@@ -119,13 +119,15 @@ def animate(recording, out_dir, target=None, fps: float = 4.0, seed: int = 0,
 
     _, plt = draw._mpl()
     import matplotlib
+    from PIL import Image
     cmap = matplotlib.colormaps["viridis"]
     fig, axes = plt.subplots(1, 3, figsize=(18, 6.6), dpi=100, facecolor=draw.BACKGROUND)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.84, bottom=0.12, wspace=0.03)
     panels = []
     for ax, (ph, kind, label, log) in zip(axes, PANELS):
         ax.set_facecolor(draw.BACKGROUND)
-        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_xticks([])
+        ax.set_yticks([])
         for sp in ax.spines.values():
             sp.set_visible(False)
         mine = phase == PHASES.index(ph)
@@ -160,11 +162,11 @@ def animate(recording, out_dir, target=None, fps: float = 4.0, seed: int = 0,
             sc.set_facecolor(rgba)
         loss = f", loss {losses[step]:.4f}" if step < len(losses) else ""
         title.set_text(f"step {step}{loss}")
-        path = os.path.join(out_dir, "frames", f"frame_{row:03d}.png")
-        fig.savefig(path, facecolor=draw.BACKGROUND)
-        frames.append(path)
-        fig.canvas.draw()
+        fig.canvas.draw()                   # rendered once: the PNG, MP4 and GIF share it
         images.append(np.asarray(fig.canvas.buffer_rgba())[:, :, :3].copy())
+        path = os.path.join(out_dir, "frames", f"frame_{row:03d}.png")
+        Image.fromarray(images[-1]).save(path)
+        frames.append(path)
         say(f"frame {row + 1}/{len(rec['steps'])} (step {step})")
     plt.close(fig)
     seconds["frames"] = time.perf_counter() - t0

@@ -36,7 +36,7 @@ import os
 
 import numpy as np
 
-from .graphdata import PHASES, VizGraph, layer_groups
+from .graphdata import PHASES, VizGraph, heaviest_inputs, layer_groups
 
 COLORS = ("layer", "phase", "density")
 BACKGROUND = "#07080d"
@@ -118,18 +118,6 @@ def vertex_sizes(cycles: np.ndarray, smin: float = SIZE_MIN, smax: float = SIZE_
     if top <= 0:
         return np.full(c.shape, smin)
     return np.clip(smax * c / top, smin, smax)
-
-
-def heaviest_inputs(vg: VizGraph, per_vertex: int) -> np.ndarray:
-    """Indices of each vertex's `per_vertex` heaviest input edges (ties: nearer tiles, then
-    lower index first; vg.e_rank when build computed it)."""
-    if vg.num_edges == 0 or per_vertex <= 0:
-        return np.zeros(0, np.int64)
-    rank = vg.e_rank
-    if rank is None:
-        from .graphdata import rank_inputs
-        rank = rank_inputs(vg.e_src, vg.e_dst, vg.e_bytes, vg.v_tile)
-    return np.flatnonzero(rank < per_vertex)
 
 
 def check_color(color: str) -> None:
@@ -571,9 +559,6 @@ def draw_graph(vg: VizGraph, positions, png_path, svg_path=None, color: str = "l
             draw_edges(ax, pos, vg, idx, colors, alpha=edge_alpha(len(idx)),
                        rasterized=fmt == "svg")
             draw_points(ax, pos, colors, sizes, order=order, rasterized=fmt == "svg")
-        elif False:
-            draw_edges(ax, pos, vg, idx, colors, alpha=edge_alpha(len(idx)))
-            draw_points(ax, pos, colors, sizes, order=order)
         else:                                       # compact vector: no glow, 4 size classes
             draw_edges_vector(ax, pos, vg, idx, colors,
                               alpha=min(1.4 * edge_alpha(len(idx)), 0.5))

@@ -83,14 +83,20 @@ def _ranges(counts: np.ndarray) -> np.ndarray:
     return np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)
 
 
-def _join(alo, ahi, blo, bhi) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs (i, j) of overlapping intervals [alo[i], ahi[i]) and [blo[j], bhi[j]): with b
-    sorted by lo, the candidates of interval i are one run (starting before ahi[i], running
-    maximum of hi past alo[i]), checked exactly."""
+def _window(alo, ahi, blo, bhi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidates of an interval join of a's intervals [alo, ahi) with b's [blo, bhi): with b
+    sorted by lo (`order`), those of interval i are one run, from first[i] (running maximum of
+    hi past alo[i]) for counts[i] intervals (starting before ahi[i]); exact checks follow."""
     order = np.argsort(blo, kind="stable")
     stop = np.searchsorted(blo[order], ahi, side="left")
     first = np.searchsorted(np.maximum.accumulate(bhi[order]), alo, side="right")
-    c = np.maximum(stop - first, 0)
+    return order, first, np.maximum(stop - first, 0)
+
+
+def _join(alo, ahi, blo, bhi, window) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs (i, j) of overlapping intervals [alo[i], ahi[i]) and [blo[j], bhi[j]), from
+    their `window` (see _window)."""
+    order, first, c = window
     i = np.repeat(np.arange(len(alo), dtype=np.int64), c)
     j = order[np.repeat(first, c) + _ranges(c)]
     m = (blo[j] < ahi[i]) & (bhi[j] > alo[i])
@@ -109,13 +115,15 @@ def _overlaps_by_key(a: Region, b: Region, ids, uniq, budget: int):
     bkey = np.zeros(len(b.lo), np.int64)
     left = list(range(rank))
     while left:
-        cost = [_candidates(a.lo[ai, d], a.hi[ai, d], uniq[d][:, 0], uniq[d][:, 1]) for d in left]
+        windows = [_window(a.lo[ai, d], a.hi[ai, d], uniq[d][:, 0], uniq[d][:, 1]) for d in left]
+        cost = [int(w[2].sum()) for w in windows]
         if min(cost) > budget:
             return None
-        d = left.pop(int(np.argmin(cost)))
+        best = int(np.argmin(cost))
+        d = left.pop(best)
         u = uniq[d]
         bkey = bkey * len(u) + ids[d]                   # < len(b.lo) * len(u): renumbered below
-        i, j = _join(a.lo[ai, d], a.hi[ai, d], u[:, 0], u[:, 1])
+        i, j = _join(a.lo[ai, d], a.hi[ai, d], u[:, 0], u[:, 1], windows[best])
         ai, key = ai[i], key[i] * len(u) + j
         prefixes, bkey = np.unique(bkey, return_inverse=True)
         bkey = bkey.reshape(-1)
@@ -133,18 +141,16 @@ def _overlaps_by_key(a: Region, b: Region, ids, uniq, budget: int):
     return i[m], j[m], v[m]
 
 
-def _overlaps_by_sweep(a: Region, b: Region, d: int, max_pairs: int = 1 << 22
+def _overlaps_by_sweep(a: Region, b: Region, d: int, window, max_pairs: int = 1 << 22
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """overlaps() by an interval join on axis d alone, the candidates checked axis by axis
-    (dropping the misses after each, so most of the work is on the pairs that survive),
-    max_pairs at a time (for boxes of many distinct intervals, e.g. flat element ranges)."""
-    order = np.argsort(b.lo[:, d], kind="stable")
-    stop = np.searchsorted(b.lo[order, d], a.hi[:, d], side="left")
-    first = np.searchsorted(np.maximum.accumulate(b.hi[order, d]), a.lo[:, d], side="right")
-    counts = np.maximum(stop - first, 0)
+    """overlaps() by the interval join on axis d alone (its `window`, see _window), the candidates
+    checked axis by axis (dropping the misses after each, so most of the work is on the pairs
+    that survive), max_pairs at a time (for boxes of many distinct intervals, e.g. flat element
+    ranges)."""
+    order, first, counts = window
     cum = np.cumsum(counts)
     rank = a.lo.shape[1]
-    axes = [x for x in range(rank) if x != d] + [d]
+    axes = [x for x in range(rank) if x != d] + [d]      # d's check is half done already
     alo, ahi = [a.lo[:, x].copy() for x in range(rank)], [a.hi[:, x].copy() for x in range(rank)]
     blo, bhi = [b.lo[:, x].copy() for x in range(rank)], [b.hi[:, x].copy() for x in range(rank)]
     ia, jb, vol = [], [], []
@@ -169,14 +175,6 @@ def _overlaps_by_sweep(a: Region, b: Region, d: int, max_pairs: int = 1 << 22
     return np.concatenate(ia), np.concatenate(jb), np.concatenate(vol)
 
 
-def _candidates(alo, ahi, blo, bhi) -> int:
-    """How many candidate pairs an interval join of a's intervals with b's would check."""
-    order = np.argsort(blo, kind="stable")
-    stop = np.searchsorted(blo[order], ahi, side="left")
-    first = np.searchsorted(np.maximum.accumulate(bhi[order]), alo, side="right")
-    return int(np.maximum(stop - first, 0).sum())
-
-
 def overlaps(a: Region, b: Region) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs of overlapping boxes (i in a, j in b) with the overlap's element count, in
     time and memory that follow the pairs found rather than len(a) * len(b): by key unless some
@@ -186,7 +184,8 @@ def overlaps(a: Region, b: Region) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if len(a.lo) == 0 or len(b.lo) == 0:
         return z, z.copy(), z.copy()
     rank = a.lo.shape[1]
-    sweep = [_candidates(a.lo[:, d], a.hi[:, d], b.lo[:, d], b.hi[:, d]) for d in range(rank)]
+    windows = [_window(a.lo[:, d], a.hi[:, d], b.lo[:, d], b.hi[:, d]) for d in range(rank)]
+    sweep = [int(w[2].sum()) for w in windows]
     ids, uniq = [], []
     for d in range(rank):
         u, inv = np.unique(np.stack([b.lo[:, d], b.hi[:, d]], 1), axis=0, return_inverse=True)
@@ -195,20 +194,26 @@ def overlaps(a: Region, b: Region) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     found = _overlaps_by_key(a, b, ids, uniq, budget=min(sweep))
     if found is not None:
         return found
-    return _overlaps_by_sweep(a, b, int(np.argmin(sweep)))
+    d = int(np.argmin(sweep))
+    return _overlaps_by_sweep(a, b, d, windows[d])
 
 
-def group_of(layer: str) -> str:
-    """The coarse group of a layer name: stem, layer1 ... layerN, head, loss, or the name's first
-    dotted component."""
-    first = layer.split(".", 1)[0]
+def _named_group(first: str) -> str | None:
+    """stem, head or loss for a layer name's first dotted component that belongs to one."""
     if first.startswith("input") or first in STEM:
         return "stem"
     if first in HEAD:
         return "head"
     if first in ("loss", "labels") or first.startswith("cross_entropy"):
         return "loss"
-    return first
+    return None
+
+
+def group_of(layer: str) -> str:
+    """The coarse group of a layer name: stem, layer1 ... layerN, head, loss, or the name's first
+    dotted component."""
+    first = layer.split(".", 1)[0]
+    return _named_group(first) or first
 
 
 def layer_groups(vg: "VizGraph") -> tuple[list[str], np.ndarray]:
@@ -222,9 +227,10 @@ def layer_groups(vg: "VizGraph") -> tuple[list[str], np.ndarray]:
     prev = None
     for li in np.argsort(first, kind="stable"):
         name = vg.layers[li]
-        known = name.split(".", 1)[0] in STEM + HEAD + ("loss",) or name.startswith("input")
-        g = prev if _UNSCOPED.match(name) and not known and prev is not None \
-            else group_of(name)
+        head = name.split(".", 1)[0]
+        g = _named_group(head)
+        if g is None:
+            g = prev if _UNSCOPED.match(name) and prev is not None else head
         if g not in names:
             names.append(g)
         of_layer[li] = names.index(g)
@@ -274,6 +280,17 @@ def rank_inputs(src: np.ndarray, dst: np.ndarray, nbytes: np.ndarray, tile: np.n
     return rank
 
 
+def heaviest_inputs(vg: "VizGraph", per_vertex: int) -> np.ndarray:
+    """Indices of each vertex's `per_vertex` heaviest input edges (ties: nearer tiles, then
+    lower index first; vg.e_rank when build computed it)."""
+    if vg.num_edges == 0 or per_vertex <= 0:
+        return np.zeros(0, np.int64)
+    rank = vg.e_rank
+    if rank is None:
+        rank = rank_inputs(vg.e_src, vg.e_dst, vg.e_bytes, vg.v_tile)
+    return np.flatnonzero(rank < per_vertex)
+
+
 def build(plan, progress: Callable[[str], None] | None = None,
           every: float = 3.0) -> VizGraph:
     """The vertex graph of `plan` (see the module docstring). `progress` gets a line about every
@@ -290,7 +307,11 @@ def build(plan, progress: Callable[[str], None] | None = None,
     tensor_index: dict[str, int] = {}
     edges = {k: [] for k in ("src", "dst", "bytes", "tensor")}
     count = 0
-    tile_of = None                            # every vertex's tile, once the count is known
+    total = sum(len(m.tiles) for m in plan.input_mappings.values()) + sum(
+        len(s.vertices) + (0 if s.reduce_vertices is None else len(s.reduce_vertices))
+        for s in plan.steps)
+    ids_dtype = np.int32 if total < 2**31 else np.int64   # 70 M edges: 0.6 GB less per column
+    tile_of = np.zeros(total, np.int32)       # every vertex's tile (rank_inputs' tie-break)
 
     def add_vertices(step, tiles, codelet, layer, macs, cycles, nbytes) -> np.ndarray:
         nonlocal count
@@ -306,8 +327,7 @@ def build(plan, progress: Callable[[str], None] | None = None,
         cols["cycles"].append(np.asarray(cycles, np.float64))
         cols["bytes"].append(np.asarray(nbytes, np.float64))
         ids = np.arange(count, count + n)
-        if tile_of is not None:
-            tile_of[count:count + n] = tiles
+        tile_of[count:count + n] = tiles
         count += n
         return ids
 
@@ -337,12 +357,6 @@ def build(plan, progress: Callable[[str], None] | None = None,
         writers[name] = (Region(np.arange(len(vol)), mapping.lo, mapping.hi), ids)
         tensor_id(t, -1)
 
-    total = sum(len(m.tiles) for m in plan.input_mappings.values()) + sum(
-        len(s.vertices) + (0 if s.reduce_vertices is None else len(s.reduce_vertices))
-        for s in plan.steps)
-    ids_dtype = np.int32 if total < 2**31 else np.int64   # 70 M edges: 0.6 GB less per column
-    tile_of = np.zeros(total, np.int32)
-    tile_of[:count] = np.concatenate(cols["tile"]) if cols["tile"] else []
     ranks = []                                # e_rank, step by step (see rank_inputs)
     for s in plan.steps:
         first_part = len(edges["src"])

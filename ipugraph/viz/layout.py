@@ -80,7 +80,7 @@ import random
 
 import numpy as np
 
-from .graphdata import VizGraph, sum_by_key
+from .graphdata import VizGraph, heaviest_inputs, sum_by_key
 
 MAX_GROUPS = 32                 # tile groups per step in the coarse graph
 IN_EDGES = 3                    # heaviest input edges kept per vertex for the fine layout
@@ -132,7 +132,6 @@ def reduce_edges(vg: VizGraph, k: int = IN_EDGES) -> np.ndarray:
     src, dst, w = vg.e_src, vg.e_dst, vg.e_bytes
     if len(src) == 0:
         return np.zeros(0, np.int64)
-    from .draw import heaviest_inputs
     near = np.abs(vg.v_tile[src].astype(np.int64) - vg.v_tile[dst])
     order = np.lexsort((near, -w, src))
     g = src[order]

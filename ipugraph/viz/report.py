@@ -10,7 +10,7 @@ and a faint, toggle-able sample of the heaviest edges.
 It opens offline: inline CSS and vanilla JavaScript only, no network. The vertex tables travel
 as base64 of gzipped little-endian typed arrays inside one JSON block (the browser's
 DecompressionStream inflates them), so a ResNet-34 plan (~66k vertices) makes a file of a few
-MB and its training step on a Mk2 (1.3 M vertices) one of ~20 MB. The page draws each layer as one batched canvas path and
+MB and its training step on a Mk2 (1.3 M vertices) one of ~15 MB. The page draws each layer as one batched canvas path and
 finds the vertex under the mouse through a uniform grid over the layout, so hover and redraw stay
 interactive at that size.
 
@@ -70,7 +70,7 @@ def _pack(a: np.ndarray, js: str) -> dict:
     """A typed array for the page: gzip (the page's DecompressionStream inflates it; steps,
     layers and tiles come in long runs, so a training graph's tables shrink ~3x), then base64."""
     raw = gzip.compress(np.ascontiguousarray(a).tobytes(), compresslevel=6, mtime=0)
-    return {"type": js, "gzip": True, "b64": base64.b64encode(raw).decode("ascii")}
+    return {"type": js, "b64": base64.b64encode(raw).decode("ascii")}
 
 
 def _packi(a) -> dict:
@@ -232,11 +232,8 @@ var TYPES = {Uint8Array: Uint8Array, Int16Array: Int16Array, Uint16Array: Uint16
 async function decode(o) {
   var s = atob(o.b64), n = s.length, u = new Uint8Array(n);
   for (var i = 0; i < n; i++) u[i] = s.charCodeAt(i);
-  if (o.gzip) {
-    var inflated = new Blob([u]).stream().pipeThrough(new DecompressionStream("gzip"));
-    return new TYPES[o.type](await new Response(inflated).arrayBuffer());
-  }
-  return new TYPES[o.type](u.buffer);
+  var inflated = new Blob([u]).stream().pipeThrough(new DecompressionStream("gzip"));
+  return new TYPES[o.type](await new Response(inflated).arrayBuffer());
 }
 var A = {};
 var keys = Object.keys(D.arrays), decoded = await Promise.all(keys.map(function (k) {

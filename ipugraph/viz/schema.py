@@ -125,7 +125,6 @@ SCHEMA_NAME = "ipugraph.graph"
 SCHEMA_VERSION = 2
 ROW_GROUP = 1 << 22                       # rows per Parquet row group
 PARQUET = ("vertices", "edges")            # the tables stored as Parquet files
-DERIVED = {"vertices": ("id",), "edges": ("src_tile", "dst_tile")}   # added by load()
 
 META_KEYS = ("graph", "batch", "fused", "target", "estimated_cycles", "estimated_seconds",
              "samples_per_second", "peak_tile_bytes", "exchange_bytes", "ipugraph_version",
@@ -401,17 +400,20 @@ def validate(doc, path="graph.json") -> dict:
                   f"{counts[table]}")
         lengths[table] = rows
     for (table, c), (target, offset) in REFERENCES.items():
-        values = doc[table][c]
-        if not len(values):
-            continue
-        if not _is_int_column(values):
-            _fail(path, f"column '{table}.{c}' must hold integers (indices into '{target}')")
-        lo, hi = int(min(values) if isinstance(values, list) else values.min()), \
-            int(max(values) if isinstance(values, list) else values.max())
-        if lo < -offset or hi >= lengths[target]:
-            _fail(path, f"column '{table}.{c}' holds values {lo!r}..{hi!r}, outside "
-                  f"{-offset}..{lengths[target] - 1} (rows of '{target}')")
+        _check_reference(path, table, c, doc[table][c], target, offset, lengths[target])
     return doc
+
+
+def _check_reference(path, table: str, c: str, values, target: str, offset: int, rows: int):
+    """Column table.c (a list or array) holds integers in -offset .. rows - 1 (rows of target)."""
+    if not len(values):
+        return
+    if not _is_int_column(values):
+        _fail(path, f"column '{table}.{c}' must hold integers (indices into '{target}')")
+    lo, hi = int(np.min(values)), int(np.max(values))
+    if lo < -offset or hi >= rows:
+        _fail(path, f"column '{table}.{c}' holds values {lo!r}..{hi!r}, outside "
+              f"{-offset}..{rows - 1} (rows of '{target}')")
 
 
 def _read_json(path):
@@ -463,12 +465,6 @@ def load(path) -> dict:
         if "tile" in v and "src" in e and "dst" in e:
             epath = os.path.join(folder, files["edges"])
             for c in ("src", "dst"):            # in range first: the derived columns index by them
-                ids = e[c]
-                if not _is_int_column(ids):
-                    _fail(epath, f"column 'edges.{c}' must hold integers (indices into "
-                          f"'vertices')")
-                if len(ids) and (ids.min() < 0 or ids.max() >= n):
-                    _fail(epath, f"column 'edges.{c}' holds values {ids.min()!r}..{ids.max()!r}, "
-                          f"outside 0..{n - 1} (rows of 'vertices')")
+                _check_reference(epath, "edges", c, e[c], "vertices", 0, n)
             e["src_tile"], e["dst_tile"] = v["tile"][e["src"]], v["tile"][e["dst"]]
     return validate(doc, path)

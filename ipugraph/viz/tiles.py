@@ -33,7 +33,7 @@ import os
 import numpy as np
 
 from . import draw
-from .graphdata import VizGraph
+from .graphdata import VizGraph, heaviest_inputs
 
 FULL = 0.9                      # tiles above this fraction of their memory are outlined
 FRAME_WIDTH_PX = 1400
@@ -282,7 +282,7 @@ def draw_frames(vg: VizGraph, positions, plan, out_dir,
                                            header_px=70, footer_px=80)
     dim = colors.copy()
     dim[:, :3] = 0.25 * dim[:, :3] + 0.75 * np.array([0.16, 0.17, 0.22])
-    base_edges = draw.heaviest_inputs(vg, 1)
+    base_edges = heaviest_inputs(vg, 1)
     draw.draw_edges(ax, pos, vg, base_edges, dim, alpha=draw.edge_alpha(len(base_edges)),
                     linewidth=0.3)
     draw.draw_points(ax, pos, dim, sizes, halo=False, core_alpha=0.8)
@@ -362,7 +362,7 @@ def draw_frames(vg: VizGraph, positions, plan, out_dir,
 
 def _in_edges_by_step(vg: VizGraph, n_steps: int, per_vertex: int = 1) -> list[np.ndarray]:
     """For each step, the indices of its vertices' `per_vertex` heaviest input edges."""
-    idx = draw.heaviest_inputs(vg, per_vertex)
+    idx = heaviest_inputs(vg, per_vertex)
     st = vg.v_step[vg.e_dst[idx]]
     order = np.argsort(st, kind="stable")
     idx, st = idx[order], st[order]
